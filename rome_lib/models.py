@@ -13,6 +13,7 @@ path. Names accepted by :func:`load_model`:
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,15 +158,43 @@ def _resolve(name: str) -> tuple[str, dict]:
     )
 
 
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers at all (a quick TCP check, no retries)."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _from_pretrained(loader, name: str, source: str, what: str, **kwargs):
+    """``loader.from_pretrained`` that prefers local files and fails fast and clearly when offline."""
+    local = os.path.isdir(source)
+    try:
+        return loader.from_pretrained(source, local_files_only=True, **kwargs)
+    except (OSError, ValueError) as error:
+        if local or not hub_reachable():
+            raise ModelNotAvailableError(
+                f"Could not load the {what} of {name!r}: "
+                + ("the folder does not hold a complete save_pretrained model. "
+                   if local else "it is not in the local cache and the Hugging Face hub cannot "
+                   "be reached (offline?). ")
+                + OFFLINE_HINT
+            ) from error
+    try:
+        return loader.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as error:
+        raise ModelNotAvailableError(
+            f"Could not load the {what} of {name!r}: {str(error).splitlines()[0]} {OFFLINE_HINT}"
+        ) from error
+
+
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     """The tokenizer for ``name`` (same names as :func:`load_model`), with a pad token set."""
     source, _ = _resolve(name)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as error:
-        raise ModelNotAvailableError(
-            f"Could not load a tokenizer for {name!r} (no network and no local copy?). {OFFLINE_HINT}"
-        ) from error
+    tokenizer = _from_pretrained(AutoTokenizer, name, source, "tokenizer")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
@@ -186,13 +215,8 @@ def load_model(
     """
     source, kwargs = _resolve(name)
     device = torch.device(device) if device is not None else default_device()
-    try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or torch.float32, **kwargs)
-    except (OSError, ValueError) as error:
-        raise ModelNotAvailableError(
-            f"Could not load {name!r}: {error.__class__.__name__}: {str(error).splitlines()[0]} "
-            f"-- with no network, hub models must already be in the local cache. {OFFLINE_HINT}"
-        ) from error
+    model = _from_pretrained(AutoModelForCausalLM, name, source, "weights",
+                             dtype=dtype or torch.float32, **kwargs)
     model.to(device).eval()
     model.requires_grad_(False)
     if tokenizer is None:

@@ -309,6 +309,61 @@ def trace(
 # ----------------------------------------------------------------------------------------------
 # The plain per-cell reference (one pass per cell, clean row 0 + noisy rows, as the official code)
 # ----------------------------------------------------------------------------------------------
+def _patched_probability(mt, setup: _Setup, restore: dict[str, list[int]],
+                         frozen: dict[str, torch.Tensor] | None = None, frozen_token: int = 0,
+                         watch: Sequence[str] = ()):
+    """One pass over [clean row, noisy rows...], the official way: in the noisy rows, module
+    outputs named in ``restore`` get the clean row's values at the listed tokens and ``frozen``
+    modules get the given values at ``frozen_token``. Returns (mean P[answer] of noisy rows, records).
+    """
+    model, (b, e) = mt.model, setup.subject_range
+    frozen = frozen or {}
+    batch = setup.ids.repeat(1 + setup.noise.shape[0], 1)
+
+    def add_noise(x, _name):
+        x = x.clone()
+        x[1:, b:e] += setup.noise
+        return x
+
+    def edit(x, name):
+        if name in frozen:
+            x[1:, frozen_token] = frozen[name][:, frozen_token]
+        for t in restore.get(name, ()):
+            x[1:, t] = x[0, t]
+        return x
+
+    names = sorted(set(restore) | set(frozen) | set(watch))
+    with hook_trace(model, mt.layout.embed, retain_output=False, edit_output=add_noise), \
+            hook_trace(model, names, edit_output=edit) as rec:
+        logits = model(batch, logits_to_keep=1).logits[:, -1].float()
+    return torch.softmax(logits[1:], -1)[:, setup.answer_id].mean().item(), rec
+
+
+@torch.no_grad()
+def restored_probability(
+    mt: LoadedModel,
+    prompt: str,
+    subject: str,
+    restore: Iterable[tuple[int, int]] = (),
+    kind: str = "state",
+    *,
+    samples: int = 10,
+    noise: float | None = None,
+    seed: int = 1,
+    answer_id: int | None = None,
+) -> dict[str, float]:
+    """Corrupt the subject, copy back the clean ``kind`` outputs at each (token, layer) in
+    ``restore``, and return {"clean", "corrupted", "restored"} probabilities of the answer."""
+    _check_args(kind, None, samples)
+    setup = _prepare(mt, prompt, subject, samples, noise, seed, answer_id)
+    patch: dict[str, list[int]] = {}
+    for token, layer in restore:
+        patch.setdefault(mt.layout.module(kind, layer), []).append(token)
+    low, _ = _patched_probability(mt, setup, {})
+    restored, _ = _patched_probability(mt, setup, patch)
+    return {"clean": setup.high, "corrupted": low, "restored": restored}
+
+
 @torch.no_grad()
 def trace_reference(
     mt: LoadedModel,
@@ -325,41 +380,19 @@ def trace_reference(
 ) -> TraceResult:
     """Same scores as :func:`trace`, computed one forward pass per (token, layer) cell."""
     _check_args(kind, sever, samples)
-    layout, model = mt.layout, mt.model
-    n_layer = layout.n_layer
+    layout, n_layer = mt.layout, mt.layout.n_layer
     window = window or default_window(n_layer)
     setup = _prepare(mt, prompt, subject, samples, noise, seed, answer_id)
-    ids, (b, e) = setup.ids, setup.subject_range
-    batch = ids.repeat(1 + samples, 1)
-
-    def add_noise(x, _name):
-        x = x.clone()
-        x[1:, b:e] += setup.noise
-        return x
-
-    def run(patch: dict[str, int], frozen: dict[str, torch.Tensor], token: int, watch: list[str]):
-        def edit(x, name):
-            if name in frozen:
-                x[1:, token] = frozen[name][:, token]
-            if name in patch:
-                x[1:, patch[name]] = x[0, patch[name]]
-            return x
-
-        names = sorted(set(patch) | set(frozen) | set(watch))
-        with hook_trace(model, layout.embed, retain_output=False, edit_output=add_noise), \
-                hook_trace(model, names, edit_output=edit) as rec:
-            logits = model(batch, logits_to_keep=1).logits[:, -1].float()
-        return torch.softmax(logits[1:], -1)[:, setup.answer_id].mean().item(), rec
-
     sever_names = [layout.module(sever, l) for l in range(n_layer)] if sever else []
-    low, rec = run({}, {}, 0, sever_names)
-    # The severed modules keep their corrupted-run values (paper Fig. 3).
+    low, rec = _patched_probability(mt, setup, {}, watch=sever_names)
+    # Severed modules keep their corrupted-run values at the restored token (paper Fig. 3).
     frozen = {name: rec[name].output[1:].clone() for name in sever_names}
-    scores = torch.zeros(ids.shape[1], n_layer)
-    for token in range(ids.shape[1]):
+    scores = torch.zeros(setup.ids.shape[1], n_layer)
+    for token in range(setup.ids.shape[1]):
         for layer in range(n_layer):
-            patch = {layout.module(kind, l): token for l in _restored_layers(kind, layer, window, n_layer)}
-            scores[token, layer], _ = run(patch, frozen, token, [])
+            patch = {layout.module(kind, l): [token]
+                     for l in _restored_layers(kind, layer, window, n_layer)}
+            scores[token, layer], _ = _patched_probability(mt, setup, patch, frozen, token)
     return _result(mt, prompt, subject, kind, setup, scores, low, window, sever)
 
 
@@ -416,12 +449,12 @@ def average_indirect_effects(
 
     Each fact's indirect effect is its restored score minus its corrupted probability; the average
     skips facts where a bucket is empty (e.g. no middle subject token). The noise level defaults to
-    3 × the std of the facts' subject embeddings.
+    3 × the std of the subject embeddings of the model's known facts (else of ``facts``).
     """
     if not facts:
         raise ValueError("No facts to average over.")
-    if noise is None:
-        noise = NOISE_MULTIPLIER * embedding_std(mt, [f["subject"] for f in facts])
+    if noise is None:  # the model's known facts when it has a set, else these facts' subjects
+        noise = default_noise(mt, None if known_facts(mt) else [f["subject"] for f in facts])
     n_layer = mt.layout.n_layer
     sums = {k: torch.zeros(len(BUCKETS), n_layer) for k in kinds}
     counts = torch.zeros(len(BUCKETS))
@@ -480,6 +513,6 @@ def trace_json(results: dict[str, TraceResult]) -> dict:
 
 __all__ = [
     "KINDS", "BUCKETS", "find_subject_range", "embedding_std", "default_noise", "default_window",
-    "window_layers", "trace", "trace_reference", "trace_all", "trace_json", "TraceResult",
+    "window_layers", "trace", "trace_reference", "restored_probability", "trace_all", "trace_json", "TraceResult",
     "bucket_scores", "average_indirect_effects", "AIEResult", "severed_effects", "known_facts",
 ]

@@ -1,0 +1,146 @@
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from rome_lib import tracing
+from rome_lib.tracing import (
+    BUCKETS, average_indirect_effects, bucket_scores, default_window, find_subject_range,
+    restored_probability, trace, trace_reference, window_layers,
+)
+
+from .conftest import save_and_load
+
+PROMPT, SUBJECT = "The Space Needle is located in the city of", "Space Needle"
+
+
+@pytest.fixture(scope="module")
+def peaky_gpt2(tmp_path_factory, tokenizer):
+    """Random GPT-2 with large embeddings, so predictions are confident and restoring a cell
+    moves P[answer] a lot: then a 1e-5 agreement between two implementations means something."""
+    torch.manual_seed(1)
+    config = GPT2Config(n_layer=4, n_embd=64, n_head=4, vocab_size=len(tokenizer), n_positions=128,
+                        initializer_range=0.3)
+    return save_and_load(GPT2LMHeadModel(config), tmp_path_factory.mktemp("peaky"), tokenizer)
+
+
+# ---- subject range ---------------------------------------------------------------------------
+def _pieces(tokenizer, prompt, subject, **kw):
+    b, e = find_subject_range(tokenizer, prompt, subject, **kw)
+    ids = tokenizer(prompt)["input_ids"]
+    return tokenizer.decode(ids[b:e])
+
+
+@pytest.mark.parametrize("prompt, subject, expected", [
+    ("The Space Needle is located in", "Space Needle", " Space Needle"),   # leading space
+    ("Space Needle is located in", "Space Needle", "Space Needle"),        # at the very start
+    ("Toko Yasuda produces music", "Toko Yasuda", "Toko Yasuda"),
+    ("In Paris, the Eiffel Tower", "Eiffel", " Eiffel"),
+])
+def test_subject_range(tokenizer, prompt, subject, expected):
+    assert _pieces(tokenizer, prompt, subject) == expected
+
+
+def test_repeated_subject_picks_the_requested_occurrence(tokenizer):
+    prompt = "Seattle is near Seattle"
+    first = find_subject_range(tokenizer, prompt, "Seattle")
+    second = find_subject_range(tokenizer, prompt, "Seattle", occurrence=1)
+    assert first[0] == 0 and second[0] > first[1] - 1
+    with pytest.raises(ValueError, match="occurs 2 time"):
+        find_subject_range(tokenizer, prompt, "Seattle", occurrence=2)
+
+
+def test_subject_not_in_prompt_is_a_clear_error(tokenizer):
+    with pytest.raises(ValueError, match="does not occur in the prompt"):
+        find_subject_range(tokenizer, PROMPT, "Eiffel Tower")
+    with pytest.raises(ValueError, match="empty"):
+        find_subject_range(tokenizer, PROMPT, " ")
+
+
+# ---- windows ---------------------------------------------------------------------------------
+def test_window_matches_the_official_code_on_gpt2_xl():
+    assert default_window(48) == 10
+    assert list(window_layers(20, 10, 48)) == list(range(15, 25))   # l-5 ... l+4
+    assert list(window_layers(2, 10, 48)) == list(range(0, 7))      # clipped at the bottom
+    assert list(window_layers(46, 10, 48)) == list(range(41, 48))   # and at the top
+    assert default_window(12) == 2 and default_window(6) == 2
+
+
+# ---- corrupt and restore ---------------------------------------------------------------------
+def test_restoring_every_state_reproduces_the_clean_run(peaky_gpt2):
+    n_tokens = len(peaky_gpt2.tokenizer(PROMPT)["input_ids"])
+    for layer in range(peaky_gpt2.n_layer):
+        p = restored_probability(peaky_gpt2, PROMPT, SUBJECT, [(t, layer) for t in range(n_tokens)],
+                                 noise=1.0)
+        assert p["restored"] == pytest.approx(p["clean"], abs=1e-6)
+    assert abs(p["corrupted"] - p["clean"]) > 1e-3  # the noise did something
+
+
+def test_zero_noise_gives_no_total_effect(peaky_gpt2):
+    result = trace(peaky_gpt2, PROMPT, SUBJECT, "state", noise=0.0)
+    assert result.high == pytest.approx(result.low, abs=1e-6)
+    assert torch.allclose(result.scores, torch.full_like(result.scores, result.high), atol=1e-6)
+
+
+def test_trace_scores_obey_the_causal_structure(peaky_gpt2):
+    result = trace(peaky_gpt2, PROMPT, SUBJECT, "state", noise=1.0)
+    b, _ = result.subject_range
+    last = peaky_gpt2.n_layer - 1
+    # Restoring the last token's final state gives back the clean output exactly ...
+    assert result.scores[-1, last] == pytest.approx(result.high, abs=1e-6)
+    # ... final states of other tokens are never read, and tokens before the subject are clean.
+    assert torch.allclose(result.scores[:-1, last], torch.tensor(result.low), atol=1e-6)
+    assert torch.allclose(result.scores[:b], torch.tensor(result.low), atol=1e-6)
+
+
+@pytest.mark.parametrize("fixture", ["peaky_gpt2", "tiny_gptj"])
+@pytest.mark.parametrize("kind, sever", [("state", None), ("mlp", None), ("attn", None),
+                                         ("state", "mlp"), ("state", "attn")])
+def test_batched_equals_per_cell_reference(request, fixture, kind, sever):
+    mt = request.getfixturevalue(fixture)
+    kw = dict(noise=1.0, samples=4, sever=sever)
+    batched = trace(mt, PROMPT, SUBJECT, kind, memory_budget=200_000, **kw)  # forces several chunks
+    reference = trace_reference(mt, PROMPT, SUBJECT, kind, **kw)
+    assert batched.low == pytest.approx(reference.low, abs=1e-6)
+    assert (batched.scores - reference.scores).abs().max() <= 1e-5
+    if fixture == "peaky_gpt2":
+        assert batched.scores.max() - batched.scores.min() > 0.01  # the comparison can fail
+
+
+def test_severing_changes_the_state_effect(peaky_gpt2):
+    plain = trace(peaky_gpt2, PROMPT, SUBJECT, "state", noise=1.0)
+    severed = trace(peaky_gpt2, PROMPT, SUBJECT, "state", noise=1.0, sever="mlp")
+    _, e = plain.subject_range
+    assert not torch.allclose(plain.scores[e - 1, :-1], severed.scores[e - 1, :-1])
+
+
+def test_bad_kind_is_a_clear_error(tiny_gpt2):
+    with pytest.raises(ValueError, match="Unknown kind"):
+        trace(tiny_gpt2, PROMPT, SUBJECT, "resid")
+
+
+# ---- averages --------------------------------------------------------------------------------
+def test_buckets_follow_the_official_grouping():
+    scores = torch.arange(8.0)[:, None].repeat(1, 2)  # token i scores i at every layer
+    rows = bucket_scores(scores, (1, 4))   # subject tokens 1, 2, 3; last token 7
+    assert [r[0].item() for r in rows] == [1, 2, 3, 4, 5.5, 7]
+    rows = bucket_scores(scores[:6], (2, 3))  # one-token subject: no middle; further = token 4
+    assert rows[1] is None and rows[0][0] == rows[2][0] == 2 and rows[4][0] == 4
+
+
+def test_aie_averages_indirect_effects(peaky_gpt2):
+    facts = [{"prompt": PROMPT, "subject": SUBJECT},
+             {"prompt": "Michael Jordan plays the sport of", "subject": "Michael Jordan"}]
+    result = average_indirect_effects(peaky_gpt2, facts, noise=1.0, samples=3, progress=False)
+    singles = [trace(peaky_gpt2, f["prompt"], f["subject"], "mlp", noise=1.0, samples=3)
+               for f in facts]
+    last = BUCKETS.index("last")
+    expected = sum(r.indirect_effects[-1] for r in singles) / 2
+    assert torch.allclose(result.kinds["mlp"][last], expected, atol=1e-6)
+    assert result.ate == pytest.approx(sum(r.high - r.low for r in singles) / 2, abs=1e-6)
+    assert result.to_json()["buckets"] == list(BUCKETS)
+
+
+def test_toy_default_noise_uses_its_known_facts(monkeypatch, peaky_gpt2):
+    monkeypatch.setattr(tracing, "known_facts", lambda mt: [{"subject": "Space Needle"}])
+    expected = 3 * tracing.embedding_std(peaky_gpt2, ["Space Needle"])
+    assert tracing.default_noise(peaky_gpt2) == pytest.approx(expected)
