@@ -1,0 +1,256 @@
+"""Second-moment statistics of MLP keys: C = E[k kᵀ] at one layer (paper §3.1, eq. 2).
+
+The key k is the *input* of the MLP's output projection (``layout.mlp_out_at(layer)``), one vector
+per token. ROME needs the uncentred second moment C over a large text corpus so that its rank-one
+update disturbs the other keys as little as possible (C plays the role of K Kᵀ / n).
+
+Computing C is the slow part of ROME on big models, so :func:`layer_stats` streams the corpus in
+batches (constant memory: a running [d_in, d_in] sum and a token count), shows a progress bar and
+caches the result on disk. The cache key is (model name, layer, corpus id, number of texts, maximum
+length); each file stores that key and a SHA-256 checksum of the matrix, so a corrupted or
+mismatched file is detected, reported with a warning and recomputed -- never silently used.
+
+Cache directory: the ``cache_dir`` argument, else ``$ROME_CACHE/stats``, else
+``~/.cache/rome_lib/stats``.
+
+Corpora (:func:`load_corpus`): ``"toy"`` -- the embedded model's own training text; a path to a text
+file (one document per line, or a JSON list of strings); ``"wikitext"`` / ``"wikipedia"`` -- a
+Hugging Face dataset, when the ``datasets`` package and the network are available.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .hooks import trace
+from .models import LoadedModel
+
+FORMAT_VERSION = 1
+HF_CORPORA = {
+    "wikitext": ("wikitext", "wikitext-103-raw-v1", "train"),
+    "wikipedia": ("wikimedia/wikipedia", "20231101.en", "train"),
+}
+
+
+class CorpusNotAvailableError(RuntimeError):
+    """The text corpus for the statistics cannot be had here (offline, missing file, ...)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Where the cache lives and what a cache entry is keyed by
+# ----------------------------------------------------------------------------------------------
+def default_cache_dir() -> Path:
+    """``$ROME_CACHE/stats`` when ROME_CACHE is set, else ``~/.cache/rome_lib/stats``."""
+    root = os.environ.get("ROME_CACHE")
+    if root:
+        return Path(root) / "stats"
+    return Path.home() / ".cache" / "rome_lib" / "stats"
+
+
+def cache_key(model_name: str, layer: int, corpus_id: str, n_samples: int, max_length: int) -> dict:
+    """The metadata that identifies one statistics file (stored inside it, too)."""
+    return {
+        "format": FORMAT_VERSION, "model": str(model_name), "layer": int(layer),
+        "corpus": str(corpus_id), "n_samples": int(n_samples), "max_length": int(max_length),
+        "stat": "mom2",
+    }
+
+
+def cache_path(cache_dir: str | Path, key: dict) -> Path:
+    """A readable, collision-free file name for ``key``."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    model = re.sub(r"[^A-Za-z0-9_.-]+", "_", key["model"])[-60:]
+    corpus = re.sub(r"[^A-Za-z0-9_.-]+", "_", key["corpus"])[-40:]
+    return Path(cache_dir) / f"{model}__layer{key['layer']}__{corpus}__{key['n_samples']}__{digest}.pt"
+
+
+def tensor_checksum(t: torch.Tensor) -> str:
+    """SHA-256 of a tensor's raw bytes (contiguous CPU copy)."""
+    data = t.detach().cpu().contiguous()
+    return hashlib.sha256(data.view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def save_stats(path: Path, key: dict, mom2: torch.Tensor, count: int) -> None:
+    """Write atomically (temporary file, then rename) so a killed run leaves no half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    mom2 = mom2.detach().cpu().contiguous()
+    torch.save({"key": key, "mom2": mom2, "count": int(count), "sha256": tensor_checksum(mom2)}, tmp)
+    os.replace(tmp, path)
+
+
+def load_stats(path: Path, key: dict) -> torch.Tensor | None:
+    """The cached matrix if ``path`` holds a valid entry for ``key``; None (with a warning) if not."""
+    if not path.exists():
+        return None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        problem = None
+        if not isinstance(data, dict) or not {"key", "mom2", "sha256"} <= set(data):
+            problem = "it is not a rome_lib statistics file"
+        elif data["key"] != key:
+            problem = f"it was computed for {data['key']}, not {key}"
+        elif tensor_checksum(data["mom2"]) != data["sha256"]:
+            problem = "its checksum does not match (corrupted)"
+        elif data["mom2"].ndim != 2 or data["mom2"].shape[0] != data["mom2"].shape[1]:
+            problem = "it does not hold a square matrix"
+    except Exception as error:  # unreadable / truncated pickle
+        problem = f"it cannot be read ({error.__class__.__name__}: {error})"
+    if problem:
+        warnings.warn(f"Ignoring the statistics cache {path}: {problem}. Recomputing.", stacklevel=3)
+        return None
+    return data["mom2"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Corpora
+# ----------------------------------------------------------------------------------------------
+def load_corpus(source: str, n_samples: int | None = None) -> tuple[str, list[str]]:
+    """``(corpus_id, texts)`` for ``source`` ("toy", a text/JSON file, "wikitext" or "wikipedia")."""
+    if source == "toy":
+        from .toyworld.world import build_world  # the embedded model's own training text
+
+        texts = list(build_world().training_texts())
+        return "toy-world", texts[:n_samples] if n_samples else texts
+    path = Path(source)
+    if path.is_file():
+        raw = path.read_text(encoding="utf-8")
+        if path.suffix == ".json":
+            texts = json.loads(raw)
+            if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+                raise CorpusNotAvailableError(f"{path} must hold a JSON list of strings.")
+        else:
+            texts = [line for line in raw.splitlines() if line.strip()]
+        digest = hashlib.sha256(raw.encode()).hexdigest()[:12]
+        return f"file-{path.name}-{digest}", texts[:n_samples] if n_samples else texts
+    if source in HF_CORPORA:
+        name, config, split = HF_CORPORA[source]
+        try:
+            import datasets  # noqa: F401  (optional dependency)
+
+            ds = datasets.load_dataset(name, config, split=split)
+        except Exception as error:
+            raise CorpusNotAvailableError(
+                f"The {source!r} corpus could not be loaded ({error.__class__.__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else ''}). It needs the 'datasets' "
+                "package and a network connection. Offline, pass a local text file (one document per "
+                "line) as the corpus, or use the embedded model ('toy') with its own corpus."
+            ) from error
+        texts = [t for t in ds["text"][: (n_samples or len(ds)) * 2] if t.strip()]
+        return source, texts[:n_samples] if n_samples else texts
+    raise CorpusNotAvailableError(
+        f"Unknown corpus {source!r}: use 'toy', a path to a text file (one document per line) or a "
+        f"JSON list of strings, or one of {', '.join(HF_CORPORA)} (needs the network)."
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Streaming computation
+# ----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def compute_mom2(
+    mt: LoadedModel,
+    layer: int,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 16,
+    max_length: int = 256,
+    accumulate_dtype: torch.dtype = torch.float64,
+    progress: bool = True,
+) -> tuple[torch.Tensor, int]:
+    """Uncentred second moment E[k kᵀ] of the keys at ``layer`` over every non-padding token.
+
+    Memory is constant in the corpus size: one running sum (``accumulate_dtype``) and a count.
+    Returns ``(C as float32 on the CPU, number of tokens)``.
+    """
+    texts = [t for t in texts if t and t.strip()]
+    if not texts:
+        raise ValueError("The corpus is empty: no text to compute statistics from.")
+    name = mt.layout.mlp_out_at(layer)
+    tok = mt.tokenizer
+    total: torch.Tensor | None = None
+    count = 0
+    bar = tqdm(total=len(texts), desc=f"key statistics, layer {layer}", disable=not progress)
+    for start in range(0, len(texts), batch_size):
+        batch = list(texts[start : start + batch_size])
+        enc = tok(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+        enc = {k: v.to(mt.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        with trace(mt.model, name, retain_output=False, retain_input=True) as rec:
+            mt.model(**enc, logits_to_keep=1)
+        keys = rec[name].input  # [B, T, d_in]
+        mask = enc["attention_mask"].bool()
+        k = keys[mask].to(accumulate_dtype)  # [N, d_in]
+        part = k.T @ k
+        total = part if total is None else total + part
+        count += k.shape[0]
+        bar.update(len(batch))
+    bar.close()
+    return (total / count).float().cpu(), count
+
+
+def layer_stats(
+    mt: LoadedModel,
+    layer: int,
+    texts: Sequence[str] | None = None,
+    *,
+    corpus: str | None = None,
+    corpus_id: str | None = None,
+    n_samples: int | None = None,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    use_cache: bool = True,
+    progress: bool = True,
+) -> torch.Tensor:
+    """C = E[k kᵀ] at ``layer`` (float32, CPU), from the disk cache when a valid entry exists.
+
+    Give either ``texts`` (a list of strings; then ``corpus_id`` names them in the cache key --
+    without it the key is a hash of the texts) or ``corpus`` (see :func:`load_corpus`; the default is
+    ``"toy"`` for the embedded model and an error for other models). ``n_samples`` caps the number of
+    texts. ``max_length`` (tokens per text) defaults to min(256, the model's context).
+    """
+    if texts is None:
+        if corpus is None:
+            if mt.name != "toy":
+                raise CorpusNotAvailableError(
+                    f"No corpus given for the statistics of {mt.name!r}. Pass texts=[...] or "
+                    "corpus=<path to a text file> (or 'wikitext'/'wikipedia' with the network)."
+                )
+            corpus = "toy"
+        corpus_id, texts = load_corpus(corpus, n_samples)
+    else:
+        texts = list(texts[:n_samples] if n_samples else texts)
+        if corpus_id is None:
+            corpus_id = "texts-" + hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
+    if max_length is None:
+        max_length = min(256, getattr(mt.model.config, "n_positions", None)
+                         or getattr(mt.model.config, "max_position_embeddings", 256))
+    key = cache_key(mt.name, layer, corpus_id, len(texts), max_length)
+    path = cache_path(cache_dir or default_cache_dir(), key)
+    if use_cache:
+        cached = load_stats(path, key)
+        if cached is not None:
+            return cached
+    mom2, count = compute_mom2(mt, layer, texts, batch_size=batch_size, max_length=max_length,
+                               progress=progress)
+    if use_cache:
+        try:
+            save_stats(path, key, mom2, count)
+        except OSError as error:
+            warnings.warn(f"Could not write the statistics cache {path}: {error}", stacklevel=2)
+    return mom2
+
+
+__all__ = [
+    "CorpusNotAvailableError", "default_cache_dir", "cache_key", "cache_path", "tensor_checksum",
+    "save_stats", "load_stats", "load_corpus", "compute_mom2", "layer_stats",
+]

@@ -1,0 +1,151 @@
+"""Key statistics C = E[k kᵀ]: the streamed sum equals a direct computation; the disk cache is keyed,
+checksummed and never used when corrupted or mismatched."""
+
+from __future__ import annotations
+
+import random
+import warnings
+
+import pytest
+import torch
+
+from rome_lib import covariance
+from rome_lib.covariance import (
+    CorpusNotAvailableError, cache_key, cache_path, compute_mom2, layer_stats, load_corpus,
+)
+from rome_lib.hooks import trace
+from tests.conftest import SENTENCES
+
+torch.set_num_threads(1)
+
+
+def make_corpus(n: int = 60, seed: int = 0) -> list[str]:
+    """Shuffled words of the fixture sentences: varied lengths, enough tokens for a full-rank C."""
+    rng = random.Random(seed)
+    words = " ".join(SENTENCES).split()
+    return [" ".join(rng.choices(words, k=rng.randint(3, 14))) for _ in range(n)]
+
+
+def direct_mom2(mt, layer, texts):
+    """Reference: each text alone (no padding), all keys stacked, K Kᵀ / N in float64."""
+    name = mt.layout.mlp_out_at(layer)
+    keys = []
+    for text in texts:
+        ids = mt.tokenizer(text, return_tensors="pt")["input_ids"]
+        with trace(mt.model, name, retain_input=True) as rec:
+            mt.model(ids)
+        keys.append(rec[name].input[0].double())
+    k = torch.cat(keys)
+    return k.T @ k / k.shape[0], k.shape[0]
+
+
+@pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_gptj"])
+def test_streamed_moment_equals_direct(request, fixture):
+    mt = request.getfixturevalue(fixture)
+    texts = make_corpus(20)
+    expected, count = direct_mom2(mt, 2, texts)
+    for batch_size in (1, 7):  # padding must not leak into the statistics
+        got, n = compute_mom2(mt, 2, texts, batch_size=batch_size, progress=False)
+        assert n == count
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(got, got.T)
+    assert torch.linalg.eigvalsh(got.double()).min() > -1e-6  # positive semi-definite
+
+
+def test_layers_differ(tiny_gpt2):
+    texts = make_corpus(10)
+    a, _ = compute_mom2(tiny_gpt2, 1, texts, progress=False)
+    b, _ = compute_mom2(tiny_gpt2, 2, texts, progress=False)
+    assert not torch.allclose(a, b)
+
+
+def test_cache_roundtrip_and_key(tiny_gpt2, tmp_path, monkeypatch):
+    texts = make_corpus(20)
+    first = layer_stats(tiny_gpt2, 1, texts, corpus_id="unit", cache_dir=tmp_path, progress=False)
+    files = list(tmp_path.iterdir())
+    assert len(files) == 1 and "layer1" in files[0].name
+
+    def boom(*a, **k):
+        raise AssertionError("recomputed although a valid cache entry exists")
+
+    monkeypatch.setattr(covariance, "compute_mom2", boom)
+    again = layer_stats(tiny_gpt2, 1, texts, corpus_id="unit", cache_dir=tmp_path, progress=False)
+    assert torch.equal(first, again)
+    # Another layer / corpus / sample count is another key: not served from this file.
+    with pytest.raises(AssertionError, match="recomputed"):
+        layer_stats(tiny_gpt2, 2, texts, corpus_id="unit", cache_dir=tmp_path, progress=False)
+    with pytest.raises(AssertionError, match="recomputed"):
+        layer_stats(tiny_gpt2, 1, texts, corpus_id="unit", n_samples=10, cache_dir=tmp_path,
+                    progress=False)
+
+
+def test_env_cache_dir(tiny_gpt2, tmp_path, monkeypatch):
+    monkeypatch.setenv("ROME_CACHE", str(tmp_path))
+    assert covariance.default_cache_dir() == tmp_path / "stats"
+    layer_stats(tiny_gpt2, 0, make_corpus(5), progress=False)
+    assert len(list((tmp_path / "stats").iterdir())) == 1
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "garbage"])
+def test_corrupted_cache_is_recomputed(tiny_gpt2, tmp_path, damage):
+    texts = make_corpus(20)
+    good = layer_stats(tiny_gpt2, 1, texts, corpus_id="unit", cache_dir=tmp_path, progress=False)
+    path = next(tmp_path.iterdir())
+    if damage == "flip":  # same pickle structure, one value changed: only the checksum sees it
+        data = torch.load(path, weights_only=True)
+        data["mom2"][3, 5] += 1.0
+        torch.save(data, path)
+    elif damage == "truncate":
+        path.write_bytes(path.read_bytes()[:200])
+    else:
+        path.write_bytes(b"not a tensor file")
+    with pytest.warns(UserWarning, match="Recomputing"):
+        again = layer_stats(tiny_gpt2, 1, texts, corpus_id="unit", cache_dir=tmp_path, progress=False)
+    assert torch.equal(again, good)
+    with warnings.catch_warnings():  # the rewritten file is valid again
+        warnings.simplefilter("error")
+        layer_stats(tiny_gpt2, 1, texts, corpus_id="unit", cache_dir=tmp_path, progress=False)
+
+
+def test_mismatched_cache_is_recomputed(tiny_gpt2, tmp_path):
+    texts = make_corpus(20)
+    layer_stats(tiny_gpt2, 1, texts, corpus_id="unit", cache_dir=tmp_path, progress=False)
+    # A valid file of layer 1 placed where layer 2's entry belongs.
+    src = next(tmp_path.iterdir())
+    key2 = cache_key(tiny_gpt2.name, 2, "unit", len(texts), 128)
+    dst = cache_path(tmp_path, key2)
+    dst.write_bytes(src.read_bytes())
+    with pytest.warns(UserWarning, match="computed for"):
+        c2 = layer_stats(tiny_gpt2, 2, texts, corpus_id="unit", cache_dir=tmp_path, progress=False)
+    expected, _ = direct_mom2(tiny_gpt2, 2, texts)
+    torch.testing.assert_close(c2.double(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_corpora(tiny_gpt2, tmp_path):
+    with pytest.raises(CorpusNotAvailableError, match="No corpus"):
+        layer_stats(tiny_gpt2, 0, progress=False, cache_dir=tmp_path)
+    with pytest.raises(CorpusNotAvailableError, match="Unknown corpus"):
+        load_corpus("no-such-corpus")
+    text_file = tmp_path / "corpus.txt"
+    text_file.write_text("\n".join(make_corpus(8)) + "\n\n")
+    cid, texts = load_corpus(str(text_file))
+    assert len(texts) == 8 and cid.startswith("file-corpus.txt")
+    assert len(load_corpus(str(text_file), n_samples=3)[1]) == 3
+    c = layer_stats(tiny_gpt2, 0, corpus=str(text_file), cache_dir=tmp_path, progress=False)
+    assert c.shape == (256, 256)
+
+
+def test_hub_corpus_offline_error(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_datasets(name, *args, **kwargs):
+        if name == "datasets":
+            raise ImportError("no datasets here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_datasets)
+    with pytest.raises(CorpusNotAvailableError, match="network"):
+        load_corpus("wikitext")
