@@ -11,6 +11,8 @@ import json
 import sys
 import time
 
+import transformers
+
 from .models import ModelNotAvailableError, load_model
 from .tracing import KINDS, average_indirect_effects, known_facts, trace_all, trace_json
 
@@ -128,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    transformers.logging.set_verbosity_error()  # keep stderr for our one-line errors
+    transformers.logging.disable_progress_bar()
     started = time.perf_counter()
     try:
         out = args.run(args)

@@ -1,0 +1,40 @@
+# Two commands: `make lab` (set up, open the course) and `make test` (set up, run every test).
+# Both create .venv when there is none and install everything into it; nothing needs the network
+# after that (the embedded model ships in the repository).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# CPU-only laptops (Linux): make lab TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?=
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM = false
+
+.PHONY: install lab test test-fast clean
+
+install: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): requirements.txt pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || \
+	  $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+lab: install
+	ROME_MODEL=$${ROME_MODEL:-toy} $(BIN)/jupyter lab lessons/00_start_here.ipynb
+
+test: install
+	$(BIN)/python -m pytest -m "not slow" -q -p no:cacheprovider
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" -q -p no:cacheprovider tests
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,79 @@
+"""The command line: JSON shapes, and one-line errors (exit 2, no traceback) for bad input."""
+
+import json
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from rome_lib.__main__ import main
+
+FACTS = [
+    {"known_id": 0, "subject": "Space Needle", "attribute": "Seattle", "relation_id": "P131",
+     "template": "The {} is located in the city of",
+     "prompt": "The Space Needle is located in the city of", "prediction": " Seattle"},
+    {"known_id": 1, "subject": "Michael Jordan", "attribute": "basketball", "relation_id": "P641",
+     "template": "{} plays the sport of", "prompt": "Michael Jordan plays the sport of",
+     "prediction": " basketball"},
+]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tokenizer):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("cli_model")
+    config = GPT2Config(n_layer=3, n_embd=32, n_head=4, vocab_size=len(tokenizer), n_positions=64)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "known_facts.json").write_text(json.dumps(FACTS))
+    return str(folder)
+
+
+def run(capsys, *argv):
+    code = main([*argv, "--device", "cpu"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_trace_json_shape(capsys, model_dir, tmp_path):
+    png = tmp_path / "trace.png"
+    code, out, _ = run(capsys, "trace", "--model", model_dir, "--json", "--samples", "2",
+                       "--plot", str(png))
+    assert code == 0 and png.stat().st_size > 1000
+    data = json.loads(out)
+    assert data["prompt"] == FACTS[0]["prompt"] and data["subject"] == "Space Needle"
+    n_tokens = len(data["tokens"])
+    assert set(data["kinds"]) == {"state", "mlp", "attn"}
+    for kind in data["kinds"].values():
+        assert len(kind["scores"]) == n_tokens and len(kind["scores"][0]) == 3
+        assert {"low", "high"} <= set(kind)
+    b, e = data["subject_range"]
+    assert "".join(data["tokens"][b:e]).strip() == "Space Needle"
+
+
+def test_aie_json_shape(capsys, model_dir):
+    code, out, _ = run(capsys, "aie", "--model", model_dir, "--n", "2", "--samples", "2", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["n"] == 2 and data["layers"] == 3 and len(data["buckets"]) == 6
+    assert all(len(v) == 6 and len(v[0]) == 3 for v in data["kinds"].values())
+    assert isinstance(data["ate"], float)
+
+
+def test_bench_reports_agreement(capsys, model_dir):
+    code, out, _ = run(capsys, "bench", "--model", model_dir, "--samples", "2", "--json")
+    trace = json.loads(out)["trace"]
+    assert code == 0 and trace["max_abs_diff"] <= 1e-5 and trace["speedup"] > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["trace", "--prompt", "The Space Needle is tall", "--subject", "Eiffel"], "does not occur"),
+    (["trace", "--prompt", "The Space Needle is tall"], "both --prompt and --subject"),
+    (["trace", "--kind", "state", "--model", "gpt5"], "Unknown model 'gpt5'"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys, model_dir, argv, message):
+    if "--model" not in argv:
+        argv = [*argv, "--model", model_dir]
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == ""
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
