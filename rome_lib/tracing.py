@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: no widget output in committed notebooks
 
 from .hooks import trace as hook_trace
 from .models import LoadedModel
