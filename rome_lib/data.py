@@ -1,0 +1,249 @@
+"""The fact sets: the embedded world's facts (in the repository) and the paper's official files.
+
+The official files live on the ROME authors' data site (the official code's ``REMOTE_ROOT_URL``,
+``https://rome.baulab.info`` + ``/data/dsets/<file>``). :func:`fetch` downloads one on demand into
+the cache folder (``$ROME_CACHE/data`` when ROME_CACHE is set, else ``~/.cache/rome_lib/data``),
+with a progress bar and a check, and returns its path; later calls use the cached copy.
+
+    known_1000.json        1,209 facts GPT-2 XL knows (causal tracing, paper §2)
+    counterfact.json       21,919 counterfactual edit records (paper §3.3)
+    zsre_mend_eval.json    zsRE question-answering edits, MEND's eval split (paper §3.2)
+    attribute_snippets.json  Wikipedia snippets per (relation, object), for the reference score
+    idf.npy, tfidf_vocab.json  tf-idf statistics of those snippets, for the reference score
+
+**Which checks are real.** Only ``known_1000.json``'s sha256 and size were verified here, against a
+copy of the official file (the data site cannot be reached from the machine this was written on).
+The other files have no recorded checksum (``sha256=None``, ``size=None``): they are downloaded and
+parsed, and a ``UserWarning`` says once per file that its content was not verified. Fill in their
+checksums (``sha256sum <file>``) once someone has downloaded them.
+
+Offline, or when a checksum does not match, :func:`fetch` raises one :class:`DataNotAvailableError`
+that names the file, the URL, the cache path and how to place the file there by hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import urllib.error
+import urllib.request
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+REMOTE_ROOT_URL = "https://rome.baulab.info"
+DATA_URL = f"{REMOTE_ROOT_URL}/data/dsets"
+TOY_FACTS = Path(__file__).parent / "toyworld" / "assets" / "known_facts.json"
+
+
+class DataNotAvailableError(RuntimeError):
+    """An official data file is not in the cache and cannot be downloaded (or is corrupt)."""
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One official file: its name on the data site, and what it must hash to (None: unknown)."""
+
+    filename: str
+    sha256: str | None
+    size: int | None
+    what: str
+
+
+OFFICIAL_FILES: dict[str, DataFile] = {
+    # sha256 and size verified against a copy of the official file (1,209 records).
+    "known_1000": DataFile(
+        "known_1000.json", "61daca55318bb5260c1e62e133debef9102c7b278bbc7b19dd2ac655543f333a",
+        343229, "1,209 facts GPT-2 XL knows (causal tracing)"),
+    # Not verified: the data site cannot be reached from where this was written.
+    "counterfact": DataFile("counterfact.json", None, None, "21,919 CounterFact edit records"),
+    "zsre": DataFile("zsre_mend_eval.json", None, None, "zsRE edits (MEND's evaluation split)"),
+    "attribute_snippets": DataFile("attribute_snippets.json", None, None,
+                                   "Wikipedia snippets per relation and object"),
+    "idf": DataFile("idf.npy", None, None, "tf-idf idf vector of the attribute snippets"),
+    "tfidf_vocab": DataFile("tfidf_vocab.json", None, None, "tf-idf vocabulary of the snippets"),
+}
+_WARNED: set[str] = set()
+
+
+def data_dir() -> Path:
+    """``$ROME_CACHE/data`` when ROME_CACHE is set, else ``~/.cache/rome_lib/data``."""
+    root = os.environ.get("ROME_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "rome_lib") / "data"
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _by_hand(spec: DataFile, url: str, path: Path) -> str:
+    return (f"To place it by hand: download {url} on a machine with internet access and copy it to "
+            f"{path} (set ROME_CACHE=<folder> to use <folder>/data/ instead).")
+
+
+def verify(spec: DataFile, path: Path, url: str) -> None:
+    """Raise :class:`DataNotAvailableError` when ``path`` does not match ``spec``'s checksum or size;
+    warn once when ``spec`` records neither (the content is then not verified)."""
+    if spec.sha256 is not None:
+        actual = sha256_of(path)
+        if actual != spec.sha256:
+            raise DataNotAvailableError(
+                f"{spec.filename} at {path} is corrupt or a different version: sha256 {actual[:16]}…, "
+                f"expected {spec.sha256[:16]}…. Delete it to download it again. {_by_hand(spec, url, path)}")
+    elif spec.size is not None:
+        actual = path.stat().st_size
+        if actual != spec.size:
+            raise DataNotAvailableError(
+                f"{spec.filename} at {path} has {actual} bytes, expected {spec.size}. Delete it to "
+                f"download it again. {_by_hand(spec, url, path)}")
+    elif spec.filename not in _WARNED:
+        _WARNED.add(spec.filename)
+        warnings.warn(f"{spec.filename}: no checksum is recorded in rome_lib.data, so {path} is used "
+                      "without verifying its content.", UserWarning, stacklevel=3)
+
+
+def _download(url: str, target: Path, progress: bool, timeout: float) -> None:
+    partial = target.with_name(target.name + ".part")
+    with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as out:
+        total = response.headers.get("Content-Length")
+        with tqdm(total=int(total) if total else None, unit="B", unit_scale=True,
+                  desc=target.name, disable=not progress) as bar:
+            for block in iter(lambda: response.read(1 << 16), b""):
+                out.write(block)
+                bar.update(len(block))
+    partial.replace(target)
+
+
+def fetch(name: str, *, cache_dir: str | Path | None = None, base_url: str | None = None,
+          progress: bool = True, timeout: float = 30.0) -> Path:
+    """The path of the official file ``name`` (a key of :data:`OFFICIAL_FILES`), downloaded into
+    the cache when it is not there yet, and checked.
+
+    ``base_url`` replaces the data site (``ROME_DATA_URL`` in the environment does the same), e.g. a
+    mirror or a ``file://`` folder.
+    """
+    if name not in OFFICIAL_FILES:
+        raise KeyError(f"Unknown data file {name!r}: use one of {', '.join(OFFICIAL_FILES)}.")
+    spec = OFFICIAL_FILES[name]
+    folder = Path(cache_dir) if cache_dir is not None else data_dir()
+    path = folder / spec.filename
+    url = f"{(base_url or os.environ.get('ROME_DATA_URL') or DATA_URL).rstrip('/')}/{spec.filename}"
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            _download(url, path, progress, timeout)
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            reason = getattr(error, "reason", None) or error
+            raise DataNotAvailableError(
+                f"{spec.filename} ({spec.what}) is not in the cache and could not be downloaded "
+                f"from {url} ({reason}). {_by_hand(spec, url, path)}") from error
+        try:
+            verify(spec, path, url)
+        except DataNotAvailableError:
+            shutil.move(path, path.with_name(path.name + ".bad"))  # keep it for inspection
+            raise
+        return path
+    verify(spec, path, url)
+    return path
+
+
+def _load_json(name: str, **kwargs):
+    path = fetch(name, **kwargs)
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+# ----------------------------------------------------------------------------------------------
+# The official sets, in their official record formats
+# ----------------------------------------------------------------------------------------------
+def load_known_1000(**kwargs) -> list[dict]:
+    """known_1000.json: records with known_id, subject, attribute, template, prediction, prompt,
+    relation_id (``prompt`` = ``template`` filled with ``subject``; ``attribute`` is the object)."""
+    return _load_json("known_1000", **kwargs)
+
+
+def load_counterfact(size: int | None = None, **kwargs) -> list[dict]:
+    """counterfact.json: records with case_id, requested_rewrite (prompt, subject, target_new,
+    target_true, relation_id), paraphrase_prompts, neighborhood_prompts, attribute_prompts,
+    generation_prompts. The first ``size`` records when given."""
+    data = _load_json("counterfact", **kwargs)
+    return data if size is None else data[:size]
+
+
+def load_zsre(size: int | None = None, **kwargs) -> list[dict]:
+    """zsre_mend_eval.json in its raw format: subject, src (the question), rephrase, answers,
+    loc ("nq question: ..."), loc_ans. :func:`rome_lib.zsre.zsre_cases` turns records into
+    edit cases as the official ``MENDQADataset`` does."""
+    data = _load_json("zsre", **kwargs)
+    return data if size is None else data[:size]
+
+
+def load_attribute_snippets(**kwargs) -> dict[str, dict[str, list[dict]]]:
+    """attribute_snippets.json as ``snippets[relation_id][target_id]`` → list of {"text", ...}
+    (Wikipedia snippets about subjects that have that object), as the official AttributeSnippets."""
+    out: dict[str, dict[str, list[dict]]] = {}
+    for el in _load_json("attribute_snippets", **kwargs):
+        out.setdefault(el["relation_id"], {}).setdefault(el["target_id"], []).extend(el["samples"])
+    return out
+
+
+def load_tfidf(**kwargs):
+    """(idf, vocabulary): the official tf-idf statistics (numpy vector, {word: column})."""
+    import numpy as np
+
+    idf = np.load(fetch("idf", **kwargs))
+    vocab = _load_json("tfidf_vocab", **kwargs)
+    return idf, vocab
+
+
+# ----------------------------------------------------------------------------------------------
+# Known facts: the embedded world's or the paper's, in one format
+# ----------------------------------------------------------------------------------------------
+def load_known_facts(name: str = "toy", **kwargs) -> list[dict]:
+    """Facts a model knows, each a dict with at least "prompt", "subject" and "attribute".
+
+    ``"toy"``: the embedded world's set (rome_lib/toyworld/assets/known_facts.json, in the
+    repository). ``"official"`` or ``"known_1000"``: the paper's 1,209 facts for GPT-2 XL (fetched on
+    demand, see :func:`fetch`). A path: a JSON file in the known_1000 format.
+    """
+    if name == "toy":
+        if not TOY_FACTS.is_file():
+            raise DataNotAvailableError(
+                f"The embedded world's known facts are missing ({TOY_FACTS}). They are written by "
+                "the toy world's training script (python -m rome_lib.toyworld.train).")
+        facts = json.loads(TOY_FACTS.read_text(encoding="utf-8"))
+    elif name in ("official", "known_1000"):
+        facts = load_known_1000(**kwargs)
+    elif os.path.isfile(name):
+        facts = json.loads(Path(name).read_text(encoding="utf-8"))
+    else:
+        raise ValueError(f"Unknown fact set {name!r}: use 'toy', 'official' or a JSON file.")
+    for i, fact in enumerate(facts):
+        missing = {"prompt", "subject"} - set(fact)
+        if missing:
+            raise ValueError(f"Fact {i} of {name!r} lacks {', '.join(sorted(missing))}.")
+    return facts
+
+
+def known_facts_noise(mt, facts: list[dict] | None = None) -> float:
+    """The paper's noise level ν = 3 × std of the subject-token embeddings of its known facts,
+    measured on ``mt``'s embeddings (``facts`` defaults to known_1000, fetched on demand)."""
+    from .tracing import NOISE_MULTIPLIER, embedding_std
+
+    facts = facts if facts is not None else load_known_1000()
+    return NOISE_MULTIPLIER * embedding_std(mt, [f["subject"] for f in facts])
+
+
+__all__ = [
+    "REMOTE_ROOT_URL", "DATA_URL", "DataFile", "OFFICIAL_FILES", "DataNotAvailableError", "data_dir",
+    "fetch", "verify", "sha256_of", "load_known_1000", "load_counterfact", "load_zsre",
+    "load_attribute_snippets", "load_tfidf", "load_known_facts", "known_facts_noise",
+]
