@@ -247,3 +247,20 @@ def test_evaluate_arguments(tiny_gpt2):
     with pytest.raises(ValueError, match="No records"):
         evaluate(tiny_gpt2, [], progress=False)
     assert evaluate(tiny_gpt2, RECORDS, n=1, progress=False, generation=False)["n"] == 1
+
+
+def test_toy_world_references_and_corpus():
+    pytest.importorskip("rome_lib.toyworld.world")
+    from rome_lib.covariance import load_corpus
+    from rome_lib.toyworld.world import build_world
+
+    world = build_world()
+    fact = world.facts[0]
+    other = next(f for f in world.facts_for(fact.relation_id) if f.object != fact.object)
+    rec = record(0, fact.subject, "{} is", other.object, fact.object, relation=fact.relation_id)
+    refs = References.from_toy_world()
+    texts = refs.texts_for(rec)
+    assert texts and all(fact.subject not in t for t in texts)
+    assert refs.score(rec, texts[:1]) > refs.score(rec, ["Nothing related."])
+    cid, sample = load_corpus("toy", n_samples=10)
+    assert cid == "toy-world" and sample == world.training_texts()[:10]
