@@ -1,0 +1,541 @@
+"""Checks for the causal-tracing exercises (``exercises/01_tracing_exercises.ipynb``).
+
+Each ``check_xxx(fn)`` runs the learner's ``fn`` against the rome_lib reference on small inputs
+(the embedded toy model by default) and prints ``✓ passed`` or a *specific* hint naming the most
+likely mistake: noise on every token instead of the subject's, the first subject token instead of
+the last, an off-by-one end index, fresh noise for every cell, the wrong layer or module restored,
+probabilities averaged instead of indirect effects, ...
+
+Every check returns True or False, so tests (and curious learners) can use the verdict. Errors
+raised by the learner's function (``NotImplementedError`` included) propagate unchanged.
+
+The model: the ``mt`` argument, else ``load_model(os.environ.get("ROME_CHECK_MODEL", "toy"))`` on
+the CPU, loaded once. The checks only compare the learner's function with the library's, so any
+model works; the toy model is small enough to make every check take a second or two.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from typing import Callable
+
+import torch
+
+from ..hooks import get_module
+from ..models import LoadedModel, load_model
+from ..tracing import (
+    BUCKETS, TraceResult, bucket_scores, default_noise, encode, find_subject_range, known_facts,
+    make_noise, restored_probability, trace_reference, window_layers,
+)
+
+PASSED = "✓ passed"
+SAMPLES, SEED = 4, 1  # few noise draws keep the checks fast; exact agreement does not need more
+
+# Prompts whose tokenisation is interesting for any byte-level BPE: subject at the start, in the
+# middle, several tokens long, with a leading space.
+GENERIC_CASES = [
+    ("The Space Needle is located in the city of", "Space Needle"),
+    ("Space Needle is located in the city of", "Space Needle"),
+    ("The mother tongue of Danielle Darrieux is", "Danielle Darrieux"),
+    ("In Paris, the Eiffel Tower stands tall", "Eiffel Tower"),
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=4)
+def _load(name: str) -> LoadedModel:
+    return load_model(name, device="cpu")
+
+
+def _model(mt: LoadedModel | None) -> LoadedModel:
+    return mt if mt is not None else _load(os.environ.get("ROME_CHECK_MODEL", "toy"))
+
+
+def _passed() -> bool:
+    print(PASSED)
+    return True
+
+
+def _failed(hint: str) -> bool:
+    print("✗ " + hint)
+    return False
+
+
+def _n_tokens(mt: LoadedModel, text: str) -> int:
+    return len(mt.tokenizer(text)["input_ids"])
+
+
+_CASES: dict[int, list[tuple[str, str]]] = {}
+
+
+def _cases(mt: LoadedModel) -> list[tuple[str, str]]:
+    if id(mt) not in _CASES:
+        _CASES[id(mt)] = _choose_cases(mt)
+    return _CASES[id(mt)]
+
+
+def _choose_cases(mt: LoadedModel) -> list[tuple[str, str]]:
+    """Two short prompts with multi-token subjects: one from the model's known facts where it has
+    them (one with the subject first, one with words before it), else the generic ones."""
+    facts = [f for f in known_facts(mt) if _n_tokens(mt, f["prompt"]) <= 10]
+    chosen = []
+    for at_start in (True, False):
+        for f in facts:
+            b, e = find_subject_range(mt.tokenizer, f["prompt"], f["subject"])
+            if e - b >= 2 and (b == 0) == at_start and e < _n_tokens(mt, f["prompt"]) - 1:
+                chosen.append((f["prompt"], f["subject"]))
+                break
+    return chosen if len(chosen) == 2 else GENERIC_CASES[:1] + GENERIC_CASES[2:3]
+
+
+def _answer_id(mt: LoadedModel, prompt: str) -> int:
+    with torch.no_grad():
+        return int(mt.model(encode(mt, prompt), logits_to_keep=1).logits[0, -1].argmax())
+
+
+def _noise(mt: LoadedModel) -> float:
+    return default_noise(mt) if known_facts(mt) else 3 * 0.1
+
+
+def _close(a: float, b: float) -> bool:
+    """Equal up to float32 batching noise (~1e-6), far below any effect a mistake has."""
+    return abs(a - b) <= 2e-5 + 1e-4 * abs(b)
+
+
+def _as_float(value, what: str) -> float | None:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            return None
+        value = value.item()
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(value) else value
+
+
+class _InputSpy:
+    """Records the input of the first transformer block in every forward pass: that is the token
+    embedding (+ position embedding), so it shows exactly where the learner's noise went."""
+
+    def __init__(self, mt: LoadedModel):
+        self.mt, self.passes = mt, []
+
+    def __enter__(self):
+        block = get_module(self.mt.model, self.mt.layout.layer(0))
+
+        def hook(module, args, kwargs):
+            x = args[0] if args else kwargs.get("hidden_states")
+            if isinstance(x, torch.Tensor):
+                self.passes.append(x.detach().clone())
+
+        self.handle = block.register_forward_pre_hook(hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def _clean_block_input(mt: LoadedModel, ids: torch.Tensor) -> torch.Tensor:
+    with _InputSpy(mt) as spy, torch.no_grad():
+        mt.model(ids, logits_to_keep=1)
+    return spy.passes[0][0]
+
+
+def _noise_hint(mt: LoadedModel, prompt: str, subject: str, passes: list[torch.Tensor],
+                noise: float, samples: int, seed: int, across_passes: bool = False) -> str | None:
+    """Where did the noise go? A hint for the first thing that differs from the reference
+    (subject tokens only, one draw per row, make_noise's draws), or None when all is as expected."""
+    ids = encode(mt, prompt)
+    b, e = find_subject_range(mt.tokenizer, prompt, subject)
+    clean = _clean_block_input(mt, ids)
+    noisy_per_pass = []
+    for x in passes:
+        if x.dim() != 3 or x.shape[1:] != clean.shape:
+            continue
+        delta = x - clean
+        changed = delta.abs().amax(-1) > 1e-5 * (1 + clean.abs().amax())  # [rows, T]
+        rows = changed.any(-1)
+        if rows.any():
+            noisy_per_pass.append((delta[rows], changed[rows]))
+    if not noisy_per_pass:
+        return ("No noise reached the model: the embeddings of every forward pass were clean. Add the "
+                "noise inside an edit_output hook on mt.layout.embed that is active during the forward "
+                "pass, and make the hook return the noised tensor.")
+    delta, changed = noisy_per_pass[0]
+    tokens = sorted(set(changed.any(0).nonzero().flatten().tolist()))
+    subject_tokens = list(range(b, e))
+    if tokens != subject_tokens:
+        if tokens == list(range(clean.shape[0])):
+            return (f"You noised every token of the prompt. Corrupt only the subject's tokens "
+                    f"{subject_tokens} (ids[b:e] with (b, e) from find_subject_range): the question "
+                    "is what the model knows *about the subject*, so the rest of the prompt stays clean.")
+        outside = [t for t in tokens if t not in subject_tokens]
+        if outside:
+            return (f"Tokens outside the subject were noised: {outside} (the subject is tokens "
+                    f"{subject_tokens}). Check your slice: x[:, b:e] with e exclusive.")
+        if tokens == [e - 1]:
+            return (f"Only the last subject token ({e - 1}) was noised; noise every subject token "
+                    f"{subject_tokens}.")
+        if tokens == [b]:
+            return (f"Only the first subject token ({b}) was noised; noise every subject token "
+                    f"{subject_tokens} (is your end index one too small?).")
+        return f"Only tokens {tokens} were noised; noise every subject token {subject_tokens}."
+    if across_passes:
+        first = noisy_per_pass[0][0]
+        for other, _ in noisy_per_pass[1:]:
+            if other.shape != first.shape or not torch.allclose(other, first, atol=1e-5):
+                return ("The noise differs between forward passes. Use the same noise draws for every "
+                        "cell (make_noise with the same seed each time, or draw once and reuse): the "
+                        "scores of different cells are only comparable when they start from the same "
+                        "corruption.")
+    if delta.shape[0] != samples:
+        return (f"Expected {samples} noisy rows in the batch (one per noise draw, samples={samples}), "
+                f"found {delta.shape[0]}.")
+    if samples > 1 and torch.allclose(delta[0], delta[1:], atol=1e-6):
+        return ("Every row got the same noise. Row i of the batch needs its own draw draws[i] "
+                "(draws has shape [samples, e - b, d]).")
+    width = clean.shape[-1]
+    draws = make_noise(samples, e - b, width, noise, seed).to(delta)
+    got = delta[:, b:e]
+    if not torch.allclose(got, draws, atol=1e-4, rtol=1e-3):
+        if noise and torch.allclose(got, draws / noise, atol=1e-4, rtol=1e-3):
+            return ("Your draws are standard normal: multiply them by the noise level ν "
+                    f"(noise={noise:.3f}), or use make_noise(samples, e - b, d, noise, seed).")
+        return ("The noise lands on the right tokens but is not the reference's draws. Use "
+                "rome_lib.tracing.make_noise(samples, e - b, d, noise, seed) so your numbers can be "
+                "compared with the library's.")
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Exercise 1: the subject's token range from character offsets
+# ----------------------------------------------------------------------------------------------
+def check_subject_range(fn: Callable, mt: LoadedModel | None = None) -> bool:
+    """``fn(tokenizer, prompt, subject) -> (b, e)``: the subject's tokens are ids[b:e]."""
+    mt = _model(mt)
+    tok = mt.tokenizer
+    for prompt, subject in GENERIC_CASES + _cases(mt):
+        want = find_subject_range(tok, prompt, subject)
+        got = fn(tok, prompt, subject)
+        try:
+            got = tuple(int(x) for x in got)
+        except (TypeError, ValueError):
+            got = None
+        if got is None or len(got) != 2:
+            return _failed(f"Return a pair of ints (b, e), not {fn(tok, prompt, subject)!r}.")
+        if got == want:
+            continue
+        b, e = want
+        enc = tok(prompt, return_offsets_mapping=True)
+        pieces = [tok.decode([i]) for i in enc["input_ids"]]
+        start = prompt.find(subject)
+        where = f"for prompt {prompt!r} and subject {subject!r}"
+        if got == (start, start + len(subject)):
+            return _failed(f"You returned character positions {got} {where}; return *token* indices: "
+                           "the tokens whose offsets overlap the subject's characters.")
+        if got == (b, e - 1):
+            return _failed(f"Off by one at the end {where}: got {got}, expected {want}. e is exclusive "
+                           "(one past the last subject token), so that ids[b:e] is the subject, as in "
+                           "a Python slice.")
+        if got == (b, e + 1):
+            return _failed(f"Your end index is one too far {where}: got {got}, expected {want} "
+                           f"(ids[b:e] would include {pieces[e]!r}).")
+        if got == (b + 1, e) and enc["offset_mapping"][b][0] < start:
+            return _failed(f"You missed the first subject token {pieces[b]!r} {where}: its offsets "
+                           f"{tuple(enc['offset_mapping'][b])} start at the space before the subject "
+                           f"(the subject starts at character {start}). Count every token that "
+                           "*overlaps* [start, end), not only tokens that lie inside it.")
+        if got == (b, b + 1) and e - b > 1:
+            return _failed(f"Only the first subject token {where}: got {got}, expected {want}. The "
+                           "range must cover every subject token.")
+        if got == (e - 1, e) and e - b > 1:
+            return _failed(f"Only the last subject token {where}: got {got}, expected {want}.")
+        return _failed(f"Wrong range {where}: got {got} = {pieces[got[0]:got[1]]}, expected {want} = "
+                       f"{pieces[b:e]}.")
+    return _passed()
+
+
+# ----------------------------------------------------------------------------------------------
+# Exercise 2: corrupt the subject
+# ----------------------------------------------------------------------------------------------
+def check_corrupt(fn: Callable, mt: LoadedModel | None = None) -> bool:
+    """``fn(mt, prompt, subject, answer_id, *, noise, samples, seed) -> float``: the mean P[answer]
+    over ``samples`` runs with noise ``make_noise(samples, e - b, d, noise, seed)`` added to the
+    subject's token embeddings."""
+    mt = _model(mt)
+    noise = _noise(mt)
+    for prompt, subject in _cases(mt):
+        answer_id = _answer_id(mt, prompt)
+        ref = restored_probability(mt, prompt, subject, (), samples=SAMPLES, noise=noise, seed=SEED,
+                                   answer_id=answer_id)
+        with _InputSpy(mt) as spy:
+            raw = fn(mt, prompt, subject, answer_id, noise=noise, samples=SAMPLES, seed=SEED)
+        hint = _noise_hint(mt, prompt, subject, spy.passes, noise, SAMPLES, SEED)
+        if hint:
+            return _failed(hint)
+        got = _as_float(raw, "probability")
+        if got is None:
+            return _failed(f"Return one float (the mean probability), not {raw!r}.")
+        low, high = ref["corrupted"], ref["clean"]
+        if _close(got, low):
+            continue
+        if _close(got, (high + SAMPLES * low) / (SAMPLES + 1)):
+            return _failed("You averaged the clean row in too: average P[answer] over the noisy rows "
+                           "only.")
+        if _close(got, high):
+            return _failed("You returned the clean probability: the noise must be active during the "
+                           "forward pass whose probabilities you read.")
+        if got < 0 or got > 1:
+            return _failed(f"{got:.4f} is not a probability: take the softmax of the logits at the last "
+                           "position, then the answer's entry.")
+        return _failed(f"The noise is right, but the probability is {got:.4f}, expected {low:.4f}. "
+                       "Read the logits at the *last* position, softmax over the vocabulary, take "
+                       "answer_id, and average over the noisy rows.")
+    return _passed()
+
+
+# ----------------------------------------------------------------------------------------------
+# Exercise 3: corrupt, then restore one state
+# ----------------------------------------------------------------------------------------------
+def _restore_cases(mt: LoadedModel) -> list[tuple[str, str, int, int, str]]:
+    """(prompt, subject, token, layer, kind): the last subject token and the last token, states, MLP
+    and attention outputs, chosen so that restoring each cell changes P[answer] visibly."""
+    n = mt.layout.n_layer
+    out = []
+    for i, (prompt, subject) in enumerate(_cases(mt)):
+        _, e = find_subject_range(mt.tokenizer, prompt, subject)
+        last = _n_tokens(mt, prompt) - 1
+        out.append((prompt, subject, e - 1, n // 3 if i == 0 else 1, "state"))
+        out.append((prompt, subject, e - 1, n // 2, "mlp"))
+        out.append((prompt, subject, last, n - 2, "attn"))
+    return out
+
+
+def _ref_restored(mt, prompt, subject, answer_id, noise, token, layer, kind) -> float:
+    return restored_probability(mt, prompt, subject, [(token, layer)], kind, samples=SAMPLES,
+                                noise=noise, seed=SEED, answer_id=answer_id)["restored"]
+
+
+def check_restore(fn: Callable, mt: LoadedModel | None = None) -> bool:
+    """``fn(mt, prompt, subject, answer_id, token, layer, kind="state", *, noise, samples, seed)
+    -> float``: corrupt the subject, copy the clean output of ``layout.module(kind, layer)`` at
+    ``token`` into every noisy row, return the mean P[answer]."""
+    mt = _model(mt)
+    noise = _noise(mt)
+    n_layer = mt.layout.n_layer
+    for prompt, subject, token, layer, kind in _restore_cases(mt):
+        answer_id = _answer_id(mt, prompt)
+        want = _ref_restored(mt, prompt, subject, answer_id, noise, token, layer, kind)
+        with _InputSpy(mt) as spy:
+            raw = fn(mt, prompt, subject, answer_id, token, layer, kind, noise=noise, samples=SAMPLES,
+                     seed=SEED)
+        hint = _noise_hint(mt, prompt, subject, spy.passes, noise, SAMPLES, SEED)
+        if hint:
+            return _failed(hint)
+        got = _as_float(raw, "probability")
+        if got is None:
+            return _failed(f"Return one float (the mean restored probability), not {raw!r}.")
+        if _close(got, want):
+            continue
+        cell = f"(token {token}, layer {layer}, kind {kind!r})"
+        ref = restored_probability(mt, prompt, subject, (), samples=SAMPLES, noise=noise, seed=SEED,
+                                   answer_id=answer_id)
+        if _close(got, ref["corrupted"]):
+            return _failed(f"Restoring {cell} had no effect: you returned the corrupted probability "
+                           f"{got:.4f} (expected {want:.4f}). Does your edit hook return the patched "
+                           "tensor, is it on layout.module(kind, layer), and do you copy the clean "
+                           "values into the noisy rows?")
+        for other in (layer - 1, layer + 1):
+            if 0 <= other < n_layer and _close(got, _ref_restored(mt, prompt, subject, answer_id, noise,
+                                                                  token, other, kind)):
+                return _failed(f"You restored layer {other} instead of layer {layer} {cell}. Off by one? "
+                               "hidden_states[0] of output_hidden_states is the embedding output, so "
+                               "hidden_states[l + 1] is the output of block l; layout.module(kind, "
+                               "layer) names the module to patch directly.")
+        for other in ("state", "mlp", "attn"):
+            if other != kind and _close(got, _ref_restored(mt, prompt, subject, answer_id, noise, token,
+                                                           layer, other)):
+                return _failed(f"You restored the {other!r} output instead of the {kind!r} output "
+                               f"{cell}: patch layout.module(kind, layer) = "
+                               f"{mt.layout.module(kind, layer)!r}.")
+        b, e = find_subject_range(mt.tokenizer, prompt, subject)
+        for other in sorted({b, token - 1, token + 1} - {token}):
+            if 0 <= other < _n_tokens(mt, prompt) and _close(
+                    got, _ref_restored(mt, prompt, subject, answer_id, noise, other, layer, kind)):
+                return _failed(f"You restored token {other} instead of token {token} {cell}.")
+        every = restored_probability(mt, prompt, subject,
+                                     [(t, layer) for t in range(_n_tokens(mt, prompt))], kind,
+                                     samples=SAMPLES, noise=noise, seed=SEED, answer_id=answer_id)
+        if _close(got, every["restored"]):
+            return _failed(f"You restored every token at layer {layer}, not only token {token} {cell}: "
+                           "patch x[noisy rows, token] only.")
+        if _close(got, ref["clean"]):
+            return _failed(f"You returned the clean probability {got:.4f} {cell}: is the noise active "
+                           "in the same forward pass as the restoration?")
+        return _failed(f"Restored probability {got:.4f} {cell}, expected {want:.4f}. The clean value "
+                       "to copy is the module's output at that token in a clean run of the same "
+                       "prompt.")
+    return _passed()
+
+
+# ----------------------------------------------------------------------------------------------
+# Exercise 4: the window of layers
+# ----------------------------------------------------------------------------------------------
+def check_window(fn: Callable, mt: LoadedModel | None = None) -> bool:
+    """``fn(layer, window, n_layer) -> list of layers``: l − w//2 … l + ⌈w/2⌉ − 1, clipped."""
+    for n_layer, window in ((48, 10), (8, 2), (8, 3), (12, 4)):
+        for layer in range(n_layer):
+            want = list(window_layers(layer, window, n_layer))
+            got = list(fn(layer, window, n_layer))
+            if got == want:
+                continue
+            where = f"for layer={layer}, window={window}, n_layer={n_layer}"
+            if any(l < 0 or l >= n_layer for l in got):
+                return _failed(f"Got {got} {where}: clip the window to the layers that exist, "
+                               f"0 … {n_layer - 1}.")
+            if got == list(range(layer, min(n_layer, layer + window))):
+                return _failed(f"Got {got} {where}: the window is *centred* on the layer, "
+                               f"l − w//2 … l + ⌈w/2⌉ − 1 (the paper's l−5 … l+4 for w = 10), "
+                               f"expected {want}.")
+            if len(got) == len(want) + 1:
+                return _failed(f"Got {got} {where}: one layer too many, the window holds {window} "
+                               f"layers before clipping (expected {want}).")
+            return _failed(f"Got {got} {where}, expected {want}.")
+    return _passed()
+
+
+# ----------------------------------------------------------------------------------------------
+# Exercise 5: the trace loop, one forward pass per cell
+# ----------------------------------------------------------------------------------------------
+def check_trace(fn: Callable, mt: LoadedModel | None = None) -> bool:
+    """``fn(mt, prompt, subject, answer_id, *, noise, samples, seed) -> tensor [T, L]``: for every
+    token t and layer l, the mean P[answer] with the state h_t^(l) restored."""
+    mt = _model(mt)
+    noise = _noise(mt)
+    prompt, subject = min(_cases(mt), key=lambda c: _n_tokens(mt, c[0]))
+    answer_id = _answer_id(mt, prompt)
+    ref = trace_reference(mt, prompt, subject, "state", samples=SAMPLES, noise=noise, seed=SEED,
+                          answer_id=answer_id)
+    with _InputSpy(mt) as spy:
+        raw = fn(mt, prompt, subject, answer_id, noise=noise, samples=SAMPLES, seed=SEED)
+    hint = _noise_hint(mt, prompt, subject, spy.passes, noise, SAMPLES, SEED, across_passes=True)
+    if hint:
+        return _failed(hint)
+    try:
+        got = torch.as_tensor(raw, dtype=torch.float32).cpu()
+    except (TypeError, ValueError, RuntimeError):
+        return _failed(f"Return a tensor of shape [tokens, layers], not {type(raw).__name__}.")
+    want = ref.scores
+    if got.shape != want.shape:
+        if got.shape == want.T.shape:
+            return _failed(f"Your scores are transposed: shape {tuple(got.shape)}, expected "
+                           f"{tuple(want.shape)} = [tokens, layers] (scores[t, l]).")
+        return _failed(f"Shape {tuple(got.shape)}, expected {tuple(want.shape)} = [tokens, layers].")
+    if torch.allclose(got, want, atol=1e-4):
+        return _passed()
+    if torch.allclose(got, want - ref.low, atol=1e-4):
+        return _failed("You returned indirect effects (score − corrupted probability). Return the "
+                       "scores themselves, P[answer] with the cell restored; subtract ref.low later.")
+    if torch.allclose(got[:, 1:], want[:, :-1], atol=1e-4):
+        return _failed("Your column l holds layer l − 1: off by one layer. Restore the output of "
+                       "block l in column l (hidden_states[l + 1] if you used output_hidden_states).")
+    if torch.allclose(got[:, :-1], want[:, 1:], atol=1e-4):
+        return _failed("Your column l holds layer l + 1: off by one layer. Restore the output of "
+                       "block l in column l.")
+    t, l = divmod(int((got - want).abs().argmax()), want.shape[1])
+    return _failed(f"scores[{t}, {l}] = {got[t, l]:.4f}, expected {want[t, l]:.4f} (max difference "
+                   f"{(got - want).abs().max():.4f}). Is each cell restoring exactly h_t^(l) = the output "
+                   "of layout.layer(l) at token t, on the same noise?")
+
+
+# ----------------------------------------------------------------------------------------------
+# Exercise 6: average indirect effects per token bucket
+# ----------------------------------------------------------------------------------------------
+def _fake_results(n_layer: int = 5) -> list[TraceResult]:
+    """Traces with random scores and subject ranges that leave different buckets empty."""
+    generator = torch.Generator().manual_seed(0)
+    layouts = [(9, (2, 5)), (6, (0, 1)), (7, (1, 4)), (5, (1, 3)), (8, (3, 6))]
+    out = []
+    for n_tokens, (b, e) in layouts:
+        scores = torch.rand(n_tokens, n_layer, generator=generator)
+        low = float(torch.rand((), generator=generator)) * 0.3
+        out.append(TraceResult(prompt="", subject="", kind="state", tokens=[""] * n_tokens,
+                               subject_range=(b, e), answer="", answer_id=0, scores=scores, low=low,
+                               high=1.0, window=1))
+    return out
+
+
+def _buckets_variant(results, *, effects=True, last_subject=True, shift=0, per_fact=False,
+                     further_with_last=False) -> torch.Tensor:
+    """The reference average (all defaults) and the usual mistakes (one changed argument each)."""
+    n_layer = results[0].scores.shape[1]
+    sums, counts = torch.zeros(len(BUCKETS), n_layer), torch.zeros(len(BUCKETS))
+    for r in results:
+        values = r.scores - r.low if effects else r.scores
+        b, e = r.subject_range
+        rows = bucket_scores(values, (b, e + shift))
+        if not last_subject:
+            rows[2] = values[b]
+        if further_with_last and e + 1 < values.shape[0]:
+            rows[4] = values[e + 1:].mean(0)
+        for i, row in enumerate(rows):
+            if row is not None:
+                sums[i] += row
+                counts[i] += 1
+    if per_fact:
+        return sums / len(results)
+    return sums / counts.clamp(min=1)[:, None]
+
+
+def check_buckets(fn: Callable, mt: LoadedModel | None = None) -> bool:
+    """``fn(results) -> tensor [6, L]``: the average indirect effect per token bucket (BUCKETS order)
+    and layer over a list of TraceResult, skipping facts whose bucket is empty."""
+    results = _fake_results()
+    raw = fn(results)
+    try:
+        got = torch.as_tensor(raw, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError):
+        return _failed(f"Return a tensor of shape [6, layers], not {type(raw).__name__}.")
+    want = _buckets_variant(results)
+    if got.shape != want.shape:
+        return _failed(f"Shape {tuple(got.shape)}, expected {tuple(want.shape)} = [6 buckets, layers] "
+                       f"in the order {', '.join(BUCKETS)}.")
+    if torch.isnan(got).any():
+        rows = sorted({BUCKETS[i] for i in torch.isnan(got).any(1).nonzero().flatten().tolist()})
+        return _failed(f"NaN in {rows}: a fact with no token in a bucket (e.g. a one-token subject has "
+                       "no middle tokens) must be skipped for that bucket, not averaged as an empty "
+                       "mean.")
+    if torch.allclose(got, want, atol=1e-5):
+        return _passed()
+    mistakes = [
+        (dict(effects=False), "You averaged probabilities, not indirect effects. The indirect effect of "
+         "a cell is its score minus that fact's corrupted probability (r.scores − r.low); average "
+         "those, so facts with a high corrupted baseline do not look important."),
+        (dict(last_subject=False), "Your 'last_subject' row holds the *first* subject token. The last "
+         "subject token is e − 1 for the range (b, e)."),
+        (dict(shift=1), "Off by one: your last subject token is e, the first token *after* the "
+         "subject. With the range (b, e), e is exclusive, so the last subject token is e − 1."),
+        (dict(shift=-1), "Off by one: your last subject token is e − 2. With the range (b, e), e is "
+         "exclusive, so the last subject token is e − 1 and the first subsequent token is e."),
+        (dict(per_fact=True), "You divided every bucket by the number of facts. Facts with an empty "
+         "bucket (no middle subject tokens, no further tokens) must not count in that bucket's "
+         "average: divide by the number of facts that have the bucket."),
+        (dict(further_with_last=True), "Your 'further' row includes the last token. 'Further tokens' "
+         "are those after the first subsequent token and *before* the last token, which has its own "
+         "row."),
+    ]
+    for kwargs, hint in mistakes:
+        if torch.allclose(got, _buckets_variant(results, **kwargs), atol=1e-5):
+            return _failed(hint)
+    bad = [BUCKETS[i] for i in range(len(BUCKETS)) if not torch.allclose(got[i], want[i], atol=1e-5)]
+    return _failed(f"Rows {bad} differ from the reference. Order: {', '.join(BUCKETS)}; middle and "
+                   "further are means over their tokens per fact, then averaged over facts.")
+
+
+__all__ = ["PASSED", "check_subject_range", "check_corrupt", "check_restore", "check_window",
+           "check_trace", "check_buckets"]
