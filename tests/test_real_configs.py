@@ -28,7 +28,8 @@ PROMPT, SUBJECT = "Michael Jordan plays the sport of", "Michael Jordan"
 REQUEST = {"prompt": "{} plays the sport of", "subject": SUBJECT, "target_new": {"str": "guitar"}}
 # Fewer noise draws, optimisation steps and sampled prefixes than the paper: invariants, not quality.
 SAMPLES = 3
-FAST_EDIT = ROMEHyperParams(layer=1, v_num_grad_steps=4, context_lengths=((3, 2),),
+# Layer 0 of 2: a δ in the last layer could not reach the positions that predict the target.
+FAST_EDIT = ROMEHyperParams(layer=0, v_num_grad_steps=4, context_lengths=((3, 2),),
                             mom2_adjustment=False)
 SHRINK = {"EleutherAI/gpt-j-6B": dict(n_embd=512, n_head=2)}  # see the module docstring
 KIND = dict(zip(PRESET_CONFIGS, ["state", "mlp", "attn", "mlp", "state"]))  # every kind is covered
@@ -72,12 +73,14 @@ def test_rome_edit_maps_k_star_to_v_star_and_undoes_exactly(preset_model):
     name, mt = preset_model
     saved = {n: p.detach().clone() for n, p in mt.model.named_parameters()}
     edit = apply_rome(mt, REQUEST, FAST_EDIT)
-    module = get_module(mt.model, mt.layout.mlp_out_at(1))
+    module = get_module(mt.model, mt.layout.mlp_out_at(0))
     after = project(module, mt.layout.out_weight_transposed, edit.info["k_star"])
     v_star = edit.info["v_star"].float().cpu()
     assert (after.cpu() - v_star).norm() <= 1e-4 * v_star.norm()
     changed = [n for n, p in mt.model.named_parameters() if not torch.equal(p, saved[n])]
-    assert changed == [mt.layout.mlp_out_at(1) + ".weight"]
+    assert changed == [mt.layout.mlp_out_at(0) + ".weight"]
+    history = edit.info["history"]
+    assert history[-1]["p_target"] > history[0]["p_target"]  # v* moved towards the target
     edit.undo()
     for n, p in mt.model.named_parameters():
         assert torch.equal(p, saved[n]), n
