@@ -1,4 +1,6 @@
-"""Command line: ``python -m rome_lib {trace,aie,bench} --model toy ...`` (``--json`` for scripts).
+"""Command line: ``python -m rome_lib {trace,aie,edit,evaluate,bench,models} --model toy ...``.
+
+``--json`` prints one JSON object for scripts.
 
 Bad input (unknown model, a subject not in the prompt, ...) exits with status 2 and one line on
 stderr, never a traceback.
@@ -11,6 +13,7 @@ import json
 import sys
 import time
 
+import torch
 import transformers
 
 from .models import ModelNotAvailableError, load_model
@@ -76,18 +79,124 @@ def cmd_aie(args) -> dict:
     return out
 
 
+def _records(mt, dataset: str, n: int | None) -> list[dict]:
+    """CounterFact-style records: the model's own set for ``toy``, else the official files."""
+    if dataset == "toy":
+        path = mt.data_file("counterfact.json")
+        if path is None:
+            raise ValueError(f"{mt.name!r} has no CounterFact-style set beside its weights.")
+        records = json.loads(path.read_text())
+    else:
+        from . import data
+
+        records = data.load_counterfact() if dataset == "counterfact" else data.load_zsre()
+    return records[:n] if n is not None else records
+
+
+def _request(args, mt) -> tuple[dict, str | None]:
+    """The edit request from the arguments (or the first record); and the true object if known."""
+    given = [args.prompt, args.subject, args.target]
+    if any(x is not None for x in given) and not all(x is not None for x in given):
+        raise ValueError("Give --prompt, --subject and --target together, or none of them "
+                         "(to edit the first record of the model's CounterFact-style set).")
+    if args.prompt is not None:
+        return {"prompt": args.prompt, "subject": args.subject,
+                "target_new": {"str": args.target}}, None
+    rewrite = _records(mt, "toy", 1)[0]["requested_rewrite"]
+    return rewrite, rewrite["target_true"]["str"]
+
+
+def _predict(mt, prompt: str, new: str, true: str) -> dict:
+    from .evaluation import object_probs
+
+    ids = mt.tokenizer(prompt, return_tensors="pt")["input_ids"].to(mt.device)
+    with torch.no_grad():
+        argmax = int(mt.model(ids, logits_to_keep=1).logits[0, -1].argmax())
+    p_new, p_true = object_probs(mt, [prompt, prompt], [" " + new.strip(), " " + true.strip()]).tolist()
+    return {"p_new": p_new, "p_true": p_true, "argmax": mt.tokenizer.decode([argmax])}
+
+
+def cmd_edit(args) -> dict:
+    from .evaluation import generate
+    from .rome import apply_rome, normalize_request
+
+    mt = _model(args)
+    request, true = _request(args, mt)
+    request = normalize_request(request)
+    prompt = request["prompt"].format(request["subject"])
+    new = request["target_new"]["str"]
+    if true is None:  # the model's own answer stands in for the true object
+        ids = mt.tokenizer(prompt, return_tensors="pt")["input_ids"].to(mt.device)
+        with torch.no_grad():
+            true = mt.tokenizer.decode([int(mt.model(ids, logits_to_keep=1).logits[0, -1].argmax())])
+    gen_prompts = [prompt, f"{request['subject']} is"]
+    out = {"request": request, "pre": _predict(mt, prompt, new, true)}
+    if args.generate:
+        out["generations_pre"] = generate(mt, gen_prompts, 40, seed=0)
+    started = time.perf_counter()
+    edit = apply_rome(mt, request)
+    out["edit_seconds"] = round(time.perf_counter() - started, 3)
+    out["layer"] = edit.layer
+    out["post"] = _predict(mt, prompt, new, true)
+    if args.generate:
+        out["generations_post"] = generate(mt, gen_prompts, 40, seed=0)
+    edit.undo()
+    if not args.json:
+        pre, post = out["pre"], out["post"]
+        print(f"{prompt!r}: {true.strip()!r} -> {new!r} (ROME at layer {edit.layer}, "
+              f"{out['edit_seconds']:.1f}s)")
+        print(f"  before: P(new) {pre['p_new']:.3f}  P(true) {pre['p_true']:.3f}  argmax {pre['argmax']!r}")
+        print(f"  after:  P(new) {post['p_new']:.3f}  P(true) {post['p_true']:.3f}  argmax {post['argmax']!r}")
+        for a, b in zip(out.get("generations_pre", []), out.get("generations_post", [])):
+            print(f"  before: {a!r}\n  after:  {b!r}")
+    return out
+
+
+def cmd_evaluate(args) -> dict:
+    mt = _model(args)
+    records = _records(mt, args.dataset, args.n)
+    if args.dataset == "zsre":
+        from .zsre import evaluate_zsre, zsre_cases
+
+        edit_fn = None if args.method == "none" else _edit_fn(args.method)
+        summary = evaluate_zsre(mt, zsre_cases(records, mt.tokenizer), edit_fn)["summary"]
+        out = {"method": args.method, "dataset": "zsre",
+               **{k: (100 * v if k != "n" else v) for k, v in summary.items()}}
+    else:
+        from .evaluation import evaluate
+
+        out = {"dataset": args.dataset,
+               **evaluate(mt, records, args.method, generation=not args.no_generation)}
+    if not args.json:
+        print(", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in out.items()))
+    return out
+
+
+def _edit_fn(method: str):
+    from .baselines import apply_ft
+    from .rome import apply_rome
+
+    if method == "rome":
+        return apply_rome
+    return lambda mt, request: apply_ft(mt, request, constrained=(method == "ft-l"))
+
+
 def cmd_bench(args) -> dict:
-    from .bench import bench_trace
+    from .bench import bench_edit, bench_trace
 
     mt = _model(args)
     fact = _first_fact(mt) if args.prompt is None else {"prompt": args.prompt, "subject": args.subject}
     out = {"model": args.model, "device": str(mt.device),
            "trace": bench_trace(mt, fact["prompt"], fact["subject"], samples=args.samples)}
+    if mt.data_file("counterfact.json"):
+        out.update(bench_edit(mt, _records(mt, "toy", 1)[0]["requested_rewrite"]))
     if not args.json:
         t = out["trace"]
         print(f"full 3-kind trace, {t['tokens']} tokens x {t['layers']} layers: reference "
               f"{t['reference_s']:.2f}s, batched {t['batched_s']:.2f}s, speedup {t['speedup']}x, "
               f"max |diff| {t['max_abs_diff']:.1e}")
+        if "edit_s" in out:
+            print(f"one ROME edit (C cached): {out['edit_s']:.2f}s at layer {out['layer']}")
     return out
 
 
@@ -120,6 +229,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="freeze this module at the restored token (paper Fig. 3)")
     p.add_argument("--plot", metavar="PNG")
     p.set_defaults(run=cmd_aie)
+
+    p = sub.add_parser("edit", help="rewrite one fact with ROME, show before/after, undo")
+    common(p)
+    p.add_argument("--prompt", help='relation prompt with {} for the subject, e.g. "{} plays the sport of"')
+    p.add_argument("--subject")
+    p.add_argument("--target", help="the new object")
+    p.add_argument("--generate", action="store_true", help="also generate text before and after")
+    p.set_defaults(run=cmd_edit)
+
+    p = sub.add_parser("evaluate", help="CounterFact / zsRE metrics of an editing method")
+    common(p)
+    p.add_argument("--method", choices=["none", "rome", "ft", "ft-l"], default="rome")
+    p.add_argument("--dataset", choices=["toy", "counterfact", "zsre"], default="toy",
+                   help="toy: the model's own set; counterfact/zsre: the official files")
+    p.add_argument("--n", type=int, default=None, help="first N records (default all)")
+    p.add_argument("--no-generation", action="store_true", help="skip GE/RS (faster)")
+    p.set_defaults(run=cmd_evaluate)
 
     p = sub.add_parser("bench", help="batched vs per-cell tracing (and editing) speed")
     common(p)

@@ -39,3 +39,16 @@ def bench_trace(mt: LoadedModel, prompt: str, subject: str, *, samples: int = 10
         "reference_s": round(reference_s, 4), "batched_s": round(batched_s, 4),
         "speedup": round(reference_s / batched_s, 2), "max_abs_diff": diff,
     }
+
+
+def bench_edit(mt: LoadedModel, request: dict) -> dict:
+    """Seconds for one ROME edit with the key statistics C already computed (cached), then undone."""
+    from .hparams import ROMEHyperParams
+    from .rome import apply_rome, context_templates, get_cov
+
+    hparams = ROMEHyperParams.for_model(mt.name, mt.n_layer)
+    get_cov(mt, hparams, progress=False)  # computed once, cached on disk: not part of the edit
+    context_templates(mt, hparams.context_lengths, hparams.context_top_k, hparams.seed)  # cached
+    edit, seconds = _timed(lambda: apply_rome(mt, request, hparams))
+    edit.undo()
+    return {"edit_s": round(seconds, 3), "layer": hparams.layer}

@@ -374,6 +374,11 @@ class LoadedModel:
     def n_layer(self) -> int:
         return self.layout.n_layer
 
+    def data_file(self, filename: str) -> Path | None:
+        """A file shipped beside the weights (e.g. the toy model's ``known_facts.json``), if any."""
+        path = Path(getattr(self.model.config, "_name_or_path", "") or "") / filename
+        return path if path.is_file() else None
+
 
 def default_device() -> torch.device:
     """CUDA when present, else the CPU."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
@@ -97,9 +96,8 @@ def default_noise(mt: LoadedModel, subjects: Iterable[str] | None = None) -> flo
 
 def known_facts(mt: LoadedModel) -> list[dict]:
     """The model's known-facts set (``known_facts.json`` beside its weights), or [] if none."""
-    folder = getattr(mt.model.config, "_name_or_path", "") or ""
-    path = Path(folder) / "known_facts.json"
-    return json.loads(path.read_text()) if path.is_file() else []
+    path = mt.data_file("known_facts.json")
+    return json.loads(path.read_text()) if path else []
 
 
 def default_window(n_layer: int) -> int:
