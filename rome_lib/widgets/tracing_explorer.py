@@ -105,6 +105,14 @@ class TracingExplorer:
         if first["prompt"]:
             self.update()
 
+    def _repr_mimebundle_(self, **kwargs):
+        """Display as the widget; a saved notebook's text form is one line, not the widget tree."""
+        bundle = self.widget._repr_mimebundle_(**kwargs)
+        bundle = bundle[0] if isinstance(bundle, tuple) else bundle
+        bundle["text/plain"] = (f"TracingExplorer({self.mt.name!r}): needs a running kernel; a static "
+                                "figure follows")
+        return bundle
+
     def _on_fact(self, change) -> None:
         fact = self.facts.get(change["new"])
         if fact is not None:
