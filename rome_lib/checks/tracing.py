@@ -6,8 +6,9 @@ likely mistake: noise on every token instead of the subject's, the first subject
 the last, an off-by-one end index, fresh noise for every cell, the wrong layer or module restored,
 probabilities averaged instead of indirect effects, ...
 
-Every check returns True or False, so tests (and curious learners) can use the verdict. Errors
-raised by the learner's function (``NotImplementedError`` included) propagate unchanged.
+A check prints its verdict and returns None, so that a notebook cell ending with a check shows
+the verdict only (no ``True`` under it; nbval runs cells without IPython's ``;`` suppression).
+Errors raised by the learner's function (``NotImplementedError`` included) propagate unchanged.
 
 The model: the ``mt`` argument, else ``load_model(os.environ.get("ROME_CHECK_MODEL", "toy"))`` on
 the CPU, loaded once. The checks only compare the learner's function with the library's, so any
@@ -53,6 +54,16 @@ def _load(name: str) -> LoadedModel:
 
 def _model(mt: LoadedModel | None) -> LoadedModel:
     return mt if mt is not None else _load(os.environ.get("ROME_CHECK_MODEL", "toy"))
+
+
+def _verdict(check: Callable[..., bool]) -> Callable[..., None]:
+    """Print-only public form of a check (the bool stays internal)."""
+
+    @functools.wraps(check)
+    def run(fn: Callable, mt: LoadedModel | None = None) -> None:
+        check(fn, mt)
+
+    return run
 
 
 def _passed() -> bool:
@@ -215,6 +226,7 @@ def _noise_hint(mt: LoadedModel, prompt: str, subject: str, passes: list[torch.T
 # ----------------------------------------------------------------------------------------------
 # Exercise 1: the subject's token range from character offsets
 # ----------------------------------------------------------------------------------------------
+@_verdict
 def check_subject_range(fn: Callable, mt: LoadedModel | None = None) -> bool:
     """``fn(tokenizer, prompt, subject) -> (b, e)``: the subject's tokens are ids[b:e]."""
     mt = _model(mt)
@@ -263,6 +275,7 @@ def check_subject_range(fn: Callable, mt: LoadedModel | None = None) -> bool:
 # ----------------------------------------------------------------------------------------------
 # Exercise 2: corrupt the subject
 # ----------------------------------------------------------------------------------------------
+@_verdict
 def check_corrupt(fn: Callable, mt: LoadedModel | None = None) -> bool:
     """``fn(mt, prompt, subject, answer_id, *, noise, samples, seed) -> float``: the mean P[answer]
     over ``samples`` runs with noise ``make_noise(samples, e - b, d, noise, seed)`` added to the
@@ -321,6 +334,7 @@ def _ref_restored(mt, prompt, subject, answer_id, noise, token, layer, kind) -> 
                                 noise=noise, seed=SEED, answer_id=answer_id)["restored"]
 
 
+@_verdict
 def check_restore(fn: Callable, mt: LoadedModel | None = None) -> bool:
     """``fn(mt, prompt, subject, answer_id, token, layer, kind="state", *, noise, samples, seed)
     -> float``: corrupt the subject, copy the clean output of ``layout.module(kind, layer)`` at
@@ -386,6 +400,7 @@ def check_restore(fn: Callable, mt: LoadedModel | None = None) -> bool:
 # ----------------------------------------------------------------------------------------------
 # Exercise 4: the window of layers
 # ----------------------------------------------------------------------------------------------
+@_verdict
 def check_window(fn: Callable, mt: LoadedModel | None = None) -> bool:
     """``fn(layer, window, n_layer) -> list of layers``: l − w//2 … l + ⌈w/2⌉ − 1, clipped."""
     for n_layer, window in ((48, 10), (8, 2), (8, 3), (12, 4)):
@@ -412,6 +427,7 @@ def check_window(fn: Callable, mt: LoadedModel | None = None) -> bool:
 # ----------------------------------------------------------------------------------------------
 # Exercise 5: the trace loop, one forward pass per cell
 # ----------------------------------------------------------------------------------------------
+@_verdict
 def check_trace(fn: Callable, mt: LoadedModel | None = None) -> bool:
     """``fn(mt, prompt, subject, answer_id, *, noise, samples, seed) -> tensor [T, L]``: for every
     token t and layer l, the mean P[answer] with the state h_t^(l) restored."""
@@ -492,6 +508,7 @@ def _buckets_variant(results, *, effects=True, last_subject=True, shift=0, per_f
     return sums / counts.clamp(min=1)[:, None]
 
 
+@_verdict
 def check_buckets(fn: Callable, mt: LoadedModel | None = None) -> bool:
     """``fn(results) -> tensor [6, L]``: the average indirect effect per token bucket (BUCKETS order)
     and layer over a list of TraceResult, skipping facts whose bucket is empty."""
