@@ -75,7 +75,7 @@ def encode(mt: LoadedModel, prompt: str) -> torch.Tensor:
 def embedding_std(mt: LoadedModel, subjects: Iterable[str]) -> float:
     """Std of the token embeddings of ``subjects`` (each tokenised alone, as the official code does)."""
     weight = mt.model.get_input_embeddings().weight
-    ids = [i for s in subjects for i in mt.tokenizer(s)["input_ids"]]
+    ids = [i for s in subjects for i in mt.tokenizer(s, add_special_tokens=False)["input_ids"]]
     if not ids:
         raise ValueError("No subjects given to measure the embedding std.")
     return weight[torch.tensor(ids, device=weight.device)].float().std().item()

@@ -139,3 +139,13 @@ def test_final_state_of_the_last_token_restores_the_clean_output(llama_untied):
     last = llama_untied.n_layer - 1
     assert result.scores[-1, last] == pytest.approx(result.high, abs=1e-6)
     assert torch.allclose(result.scores[:b], torch.tensor(result.low), atol=1e-6)
+
+
+def test_noise_level_ignores_the_bos_token(llama_bos):
+    """The std of *subject* embeddings must not include the BOS embedding the tokenizer adds."""
+    from rome_lib.tracing import embedding_std
+
+    subjects = ["Space Needle", "Michael Jordan"]
+    ids = [i for s in subjects for i in tiny_tokenizer()(s)["input_ids"]]  # no BOS
+    weight = llama_bos.model.get_input_embeddings().weight
+    assert embedding_std(llama_bos, subjects) == pytest.approx(weight[ids].std().item(), rel=1e-6)
