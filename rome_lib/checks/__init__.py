@@ -9,3 +9,9 @@ from .tracing import check_restore  # noqa: F401
 from .tracing import check_subject_range  # noqa: F401
 from .tracing import check_trace  # noqa: F401
 from .tracing import check_window  # noqa: F401
+from .editing import check_compute_k  # noqa: F401
+from .editing import check_efficacy  # noqa: F401
+from .editing import check_neighborhood  # noqa: F401
+from .editing import check_rank_one_update  # noqa: F401
+from .editing import check_undo  # noqa: F401
+from .editing import check_v_loss  # noqa: F401

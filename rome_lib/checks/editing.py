@@ -1,0 +1,644 @@
+"""Checks for the editing exercises (``exercises/02_editing_exercises.ipynb``).
+
+Each ``check_xxx(fn)`` runs the learner's ``fn`` against the rome_lib reference on small inputs and
+prints ``✓ passed`` or a *specific* hint naming the most likely mistake: the first subject token
+instead of the last, a key read at the wrong module, a target without its leading space, δ added at
+every position, the KL the wrong way round, GPT-2's ``Conv1D`` weight not transposed, the wrong sign
+in Λ, C⁻¹ forgotten, probabilities compared the wrong way round, a weight "saved" without a copy, ...
+
+Like the tracing checks, a check prints its verdict and returns None; errors raised by the learner's
+function (``NotImplementedError`` included) propagate unchanged. The model: the ``mt`` argument, else
+``load_model(os.environ.get("ROME_CHECK_MODEL", "toy"))`` on the CPU, loaded once.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..evaluation import object_probs, record_metrics, score_record
+from ..hooks import trace
+from ..hparams import ROMEHyperParams
+from ..models import LoadedModel
+from ..rome import (
+    apply_rome, compute_k, fill, rank_one_update, target_ids, weight_as_out_in,
+)
+from ..tracing import find_subject_range, known_facts
+from .tracing import PASSED, _failed, _model, _passed, _verdict
+
+# Few, short context templates keep the checks fast; the bare prompt comes first, as in ROME.
+TEMPLATES = ["{}", "It was late in the evening. {}", "Here is a fact. {}"]
+KL_PROMPT = "{} is a"
+KL_FACTOR = 0.0625
+
+# A record in the official CounterFact format, for models without a set beside their weights.
+GENERIC_RECORD = {
+    "case_id": 0,
+    "requested_rewrite": {
+        "prompt": "The mother tongue of {} is", "relation_id": "P103", "subject": "Danielle Darrieux",
+        "target_new": {"str": "English", "id": "Q1860"}, "target_true": {"str": "French", "id": "Q150"},
+    },
+    "paraphrase_prompts": ["Danielle Darrieux's native language is"],
+    "neighborhood_prompts": ["The mother tongue of Léon Blum is", "The native language of Montesquieu is",
+                             "François Bayrou, a native", "The mother tongue of Raymond Barre is"],
+    "generation_prompts": ["Danielle Darrieux's mother tongue is"],
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Cases
+# ----------------------------------------------------------------------------------------------
+def _n_tokens(mt: LoadedModel, text: str) -> int:
+    return len(mt.tokenizer(text)["input_ids"])
+
+
+def _layer(mt: LoadedModel) -> int:
+    try:
+        return ROMEHyperParams.for_model(mt.name, mt.n_layer).layer
+    except KeyError:
+        return mt.n_layer // 3
+
+
+def _key_cases(mt: LoadedModel) -> list[tuple[str, str]]:
+    """(prompt template with {}, subject): multi-token subjects, one opening the prompt and one
+    after other words, so first ≠ last subject token and the last token ≠ the last subject token."""
+    out = []
+    for at_start in (True, False):
+        for f in known_facts(mt):
+            template, subject = f.get("template"), f["subject"]
+            if not template or "{}" not in template:
+                continue
+            b, e = find_subject_range(mt.tokenizer, template.format(subject), subject)
+            if e - b >= 2 and template.startswith("{}") == at_start and not template.endswith("{}"):
+                out.append((template, subject))
+                break
+    if len(out) < 2:
+        out = [("{} is located in the city of", "The Space Needle"),
+               ("The mother tongue of {} is", "Danielle Darrieux")]
+    return out
+
+
+def _records(mt: LoadedModel) -> list[dict]:
+    """CounterFact records of the model's own set (some with multi-token objects), else a generic one."""
+    path = mt.data_file("counterfact.json")
+    records = json.loads(path.read_text()) if path else []
+    records = [r for r in records if r.get("neighborhood_prompts")]
+    if not records:
+        return [GENERIC_RECORD]
+    multi = [r for r in records if len(target_ids(mt, " " + r["requested_rewrite"]["target_new"]["str"])) > 1]
+    chosen = (multi[:1] + [r for r in records if r not in multi[:1]])[:3]
+    return chosen
+
+
+def _swapped(record: dict) -> dict:
+    """The record with its new and true objects exchanged (its 'new' object is what the model says)."""
+    out = copy.deepcopy(record)
+    rw = out["requested_rewrite"]
+    rw["target_new"], rw["target_true"] = rw["target_true"], rw["target_new"]
+    return out
+
+
+def _target(record: dict) -> str:
+    return record["requested_rewrite"]["target_new"]["str"]
+
+
+def _close(a: float, b: float, tol: float = 2e-5) -> bool:
+    return abs(a - b) <= tol * (1 + abs(b))
+
+
+def _as_float(value) -> float | None:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            return None
+        value = value.item()
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(value) else value
+
+
+# ----------------------------------------------------------------------------------------------
+# Exercise 1: k*, the mean key at the last subject token
+# ----------------------------------------------------------------------------------------------
+def _span_tokens(mt: LoadedModel, text: str, a: int, b: int) -> tuple[int, int]:
+    """The first and last token of ``text`` overlapping characters [a, b)."""
+    offsets = mt.tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
+    hits = [i for i, (x, y) in enumerate(offsets) if y > x and x < b and y > a]
+    return hits[0], hits[-1]
+
+
+@torch.no_grad()
+def _keys_at(mt: LoadedModel, prompt: str, subject: str, layer: int, templates: Sequence[str],
+             where: str, module: str = "out") -> torch.Tensor:
+    """Keys [N, d] per template at ``where`` (first/last subject token, last token); ``module``
+    "out" = input of the output projection (the key), "in" = output of the input projection (before
+    the nonlinearity), "value" = output of the output projection."""
+    name = mt.layout.mlp_in_at(layer) if module == "in" else mt.layout.mlp_out_at(layer)
+    rows = []
+    for template in templates:
+        text, a, b = fill(template, prompt, subject)
+        ids = mt.tokenizer(text, return_tensors="pt")["input_ids"].to(mt.device)
+        first, last = _span_tokens(mt, text, a, b)
+        pos = {"first": first, "last": last, "end": ids.shape[1] - 1}[where]
+        with trace(mt.model, name, retain_input=(module == "out")) as rec:
+            mt.model(ids)
+        x = rec[name].input if module == "out" else rec[name].output
+        rows.append(x[0, pos].float())
+    return torch.stack(rows)
+
+
+@_verdict
+def check_compute_k(fn: Callable, mt: LoadedModel | None = None) -> bool:
+    """``fn(mt, prompt, subject, layer, templates) -> tensor [d_in]``: k* = the mean over the
+    templates of the key (the *input* of ``layout.mlp_out_at(layer)``) at the subject's last token of
+    ``template.format(prompt.format(subject))``... i.e. ``fill(template, prompt, subject)``."""
+    mt = _model(mt)
+    layer = _layer(mt)
+    for prompt, subject in _key_cases(mt):
+        want = compute_k(mt, {"prompt": prompt, "subject": subject}, layer, TEMPLATES).cpu()
+        raw = fn(mt, prompt, subject, layer, list(TEMPLATES))
+        try:
+            got = torch.as_tensor(raw).detach().float().cpu()
+        except (TypeError, ValueError, RuntimeError):
+            return _failed(f"Return one tensor of shape [{want.shape[0]}] (the mean key), not "
+                           f"{type(raw).__name__}.")
+        where = f"for prompt {prompt!r} and subject {subject!r}"
+        if got.shape != want.shape:
+            if got.shape == (len(TEMPLATES), want.shape[0]):
+                return _failed(f"You returned one key per template, shape {tuple(got.shape)}: k* is "
+                               "their *mean* over the templates (.mean(0)).")
+            if got.dim() == 1 and got.shape[0] == mt.model.config.n_embd != want.shape[0]:
+                return _failed(f"Shape {tuple(got.shape)} is the model width: you read the MLP's "
+                               f"*output* (the value). The key is the *input* of "
+                               f"{mt.layout.mlp_out_at(layer)!r}: trace it with retain_input=True and "
+                               "read rec[name].input.")
+            return _failed(f"Shape {tuple(got.shape)}, expected {tuple(want.shape)} (the key width, "
+                           f"the input of {mt.layout.mlp_out_at(layer)!r}).")
+        tol = 1e-4 * (1 + want.abs().max().item())
+        if torch.allclose(got, want, atol=tol):
+            continue
+        variants = [
+            (_keys_at(mt, prompt, subject, layer, TEMPLATES, "first").mean(0),
+             f"You read the key at the *first* subject token {where}. ROME reads it at the subject's "
+             "*last* token: that is where causal tracing found the MLP effect, and the only subject "
+             "token that has seen the whole subject."),
+            (_keys_at(mt, prompt, subject, layer, TEMPLATES, "end").mean(0),
+             f"You read the key at the last token of the prompt {where}. The key is at the subject's "
+             "last token (the early site), not where the next token is predicted."),
+            (_keys_at(mt, prompt, subject, layer, TEMPLATES, "last", "in").mean(0),
+             f"You read the output of {mt.layout.mlp_in_at(layer)!r}, *before* the nonlinearity. The "
+             f"key is the input of the output projection {mt.layout.mlp_out_at(layer)!r} (after "
+             "GELU): trace that module with retain_input=True."),
+            (_keys_at(mt, prompt, subject, layer, TEMPLATES[:1], "last").mean(0),
+             f"You used only the bare prompt {where}. Average the key over *all* the templates "
+             "(each fill(template, prompt, subject)): k* is a mean over contexts."),
+            (_keys_at(mt, prompt, subject, layer, TEMPLATES, "last").sum(0),
+             f"You summed the keys over the templates {where}; take their mean."),
+        ]
+        for variant, hint in variants:
+            if torch.allclose(got, variant.cpu(), atol=tol):
+                return _failed(hint)
+        for other in (layer - 1, layer + 1):
+            if 0 <= other < mt.n_layer and torch.allclose(
+                    got, compute_k(mt, {"prompt": prompt, "subject": subject}, other, TEMPLATES).cpu(),
+                    atol=tol):
+                return _failed(f"You read the key at layer {other}, not layer {layer} "
+                               f"(mt.layout.mlp_out_at(layer)).")
+        return _failed(f"k* differs from the reference {where} (max difference "
+                       f"{(got - want).abs().max():.4g}). Fill each template with "
+                       "fill(template, prompt, subject), find the subject's last token from character "
+                       "offsets, read the input of mt.layout.mlp_out_at(layer) there, and average.")
+    return _passed()
+
+
+# ----------------------------------------------------------------------------------------------
+# Exercise 2: the loss that v* minimises
+# ----------------------------------------------------------------------------------------------
+def _v_loss_variant(mt: LoadedModel, prompt: str, subject: str, target: str, layer: int,
+                    delta: torch.Tensor, templates: Sequence[str], *, kl_factor: float = KL_FACTOR,
+                    space: bool = True, where: str = "last", reduce: str = "mean", kl: str = "forward",
+                    kl_at: str = "subject", shift: int = 0) -> torch.Tensor:
+    """The reference loss (all defaults) -- as :func:`rome_lib.rome.compute_v` without the weight
+    decay -- and the usual mistakes, one changed argument each. Differentiable in ``delta``."""
+    obj = (" " + target.lstrip()) if space else target.lstrip()
+    tgt = target_ids(mt, obj)
+    rows, lookups, firsts = [], [], []
+    texts = [fill(t, prompt, subject) for t in templates] + [fill("{}", KL_PROMPT, subject)]
+    for text, a, b in texts:
+        ids = mt.tokenizer(text)["input_ids"]
+        first, last = _span_tokens(mt, text, a, b)
+        firsts.append(first)
+        lookups.append(last)
+        rows.append(ids)
+    n = len(templates)
+    full = [ids + tgt for ids in rows[:n]] + [rows[n]]
+    width = max(map(len, full))
+    pad = mt.tokenizer.pad_token_id or 0
+    input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in full], device=mt.device)
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in full], device=mt.device)
+    name = mt.layout.mlp_out_at(layer)
+    pos = {"last": lookups, "first": firsts,
+           "end": [len(r) - 1 for r in rows]}.get(where, lookups)
+    idx = torch.arange(n + 1, device=mt.device)
+    pos_t = torch.tensor(pos, device=mt.device)
+
+    def add(out, _):
+        out = out.clone()
+        if where == "all":
+            return out + delta.to(out.dtype)
+        out[idx, pos_t] = out[idx, pos_t] + delta.to(out.dtype)
+        return out
+
+    with torch.no_grad():
+        logits0 = mt.model(input_ids=input_ids, attention_mask=mask).logits
+    with trace(mt.model, name, retain_output=False, edit_output=add, detach=False):
+        logits = mt.model(input_ids=input_ids, attention_mask=mask).logits
+    nlls = []
+    for i in range(n):
+        start = len(rows[i]) - 1 + shift
+        logp = torch.log_softmax(logits[i, start:start + len(tgt)].float(), -1)
+        picked = logp[torch.arange(len(tgt), device=mt.device), torch.tensor(tgt, device=mt.device)]
+        nlls.append(-(picked.mean() if reduce == "mean" else picked.sum()))
+    nll = torch.stack(nlls).mean()
+    kl_pos = lookups[n] if kl_at == "subject" else len(rows[n]) - 1
+    edit_log = torch.log_softmax(logits[n, kl_pos].float(), -1)
+    orig_log = torch.log_softmax(logits0[n, kl_pos].float(), -1)
+    if kl == "none":
+        return nll
+    if kl == "reverse":  # KL(P_edit ‖ P_orig)
+        div = F.kl_div(orig_log, edit_log, log_target=True, reduction="sum")
+    else:  # KL(P_orig ‖ P_edit), the paper's eq. 4
+        div = F.kl_div(edit_log, orig_log, log_target=True, reduction="sum")
+    return nll + kl_factor * div
+
+
+def v_loss_reference(mt: LoadedModel, prompt: str, subject: str, target: str, layer: int,
+                     delta: torch.Tensor, templates: Sequence[str],
+                     kl_factor: float = KL_FACTOR) -> torch.Tensor:
+    """Mean teacher-forced NLL of " target" over the templates + kl_factor · KL(P_orig ‖ P_edit) at
+    the subject's last token of "{s} is a", with ``delta`` added to the MLP output at the subject's
+    last token of every row (the loss of :func:`rome_lib.rome.compute_v` without its weight decay)."""
+    return _v_loss_variant(mt, prompt, subject, target, layer, delta, templates, kl_factor=kl_factor)
+
+
+def _delta(mt: LoadedModel, layer: int, prompt: str, subject: str, scale: float = 0.5) -> torch.Tensor:
+    """A fixed random δ, ``scale`` × the norm of the value at the subject, so the KL term matters."""
+    g = torch.Generator().manual_seed(0)
+    d = torch.randn(mt.model.config.n_embd, generator=g)
+    v = _keys_at(mt, prompt, subject, layer, ["{}"], "last", "value")[0]
+    return (d / d.norm() * scale * v.norm().cpu()).to(mt.device)
+
+
+def _grad_of(fn: Callable, delta: torch.Tensor):
+    """``fn(delta)`` on a fresh leaf copy of ``delta``, and the gradient (None if there is none)."""
+    d = delta.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        loss = fn(d)
+        if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
+            return loss, None
+        loss.backward()
+    return loss, d.grad
+
+
+@_verdict
+def check_v_loss(fn: Callable, mt: LoadedModel | None = None) -> bool:
+    """``fn(mt, prompt, subject, target, layer, delta, templates, kl_factor=0.0625) -> scalar tensor``
+    (differentiable in ``delta``): the mean NLL of " target" teacher-forced after each filled template,
+    with ``delta`` added to the MLP output at the subject's last token, + kl_factor · KL(P_orig ‖
+    P_edit) at the subject's last token of "{subject} is a"."""
+    mt = _model(mt)
+    layer = _layer(mt)
+    record = _records(mt)[0]
+    rw = record["requested_rewrite"]
+    prompt, subject, target = rw["prompt"], rw["subject"], _target(record)
+    args = (mt, prompt, subject, target, layer)
+    # δ = 0 with the paper's kl_factor, then a large random δ with kl_factor 1 so the KL term counts
+    for scale, kl_factor in ((0.0, KL_FACTOR), (2.0, 1.0)):
+        delta = _delta(mt, layer, prompt, subject, scale) if scale else torch.zeros(
+            mt.model.config.n_embd, device=mt.device)
+        want, want_grad = _grad_of(
+            lambda d: _v_loss_variant(*args, d, list(TEMPLATES), kl_factor=kl_factor), delta)
+        raw, grad = _grad_of(lambda d: fn(*args, d, list(TEMPLATES), kl_factor=kl_factor), delta)
+        got = _as_float(raw)
+        if got is None:
+            return _failed(f"Return the loss as one scalar tensor, not {raw!r}.")
+        if scale and _close(got, want.item()):
+            if grad is None:
+                return _failed("The value is right but no gradient reaches delta: keep the forward pass "
+                               "with δ out of torch.no_grad(), hook with detach=False, and don't call "
+                               ".item() or .detach() on the loss.")
+            if not torch.allclose(grad, want_grad, atol=1e-4 * (1 + want_grad.abs().max().item())):
+                return _failed("The value is right but its gradient differs: compute the original "
+                               "distribution for the KL term without δ (under torch.no_grad()), and "
+                               "everything else with δ.")
+            continue
+        if _close(got, want.item()):
+            continue
+        what = f"(target {target!r}, δ {'= 0' if not scale else 'random'}, kl_factor {kl_factor})"
+        variants = [
+            (dict(space=False), f"Your target has no leading space {what}. In running text an object "
+             f"follows a space, and the tokenizer has different tokens for ' {target.strip()}' and "
+             f"'{target.strip()}': tokenize ' ' + target (rome_lib.rome.normalize_request does this)."),
+            (dict(reduce="sum"), f"You summed the token log-probabilities of the target {what}; take "
+             "their *mean* over the target's tokens, then the mean over templates, so objects of "
+             "different lengths are comparable."),
+            (dict(shift=1), f"Off by one {what}: the logits at position i predict token i + 1, so the "
+             "target's first token is read at the prompt's *last* position, len(prompt_ids) − 1."),
+            (dict(kl="none"), f"The KL term is missing {what}: add kl_factor · KL(P_orig ‖ P_edit) at "
+             f"the subject's last token of {KL_PROMPT!r}."),
+            (dict(kl="reverse"), f"Your KL is the wrong way round {what}: the paper's eq. 4 is "
+             "KL(P_orig ‖ P_edit) = Σ P_orig (log P_orig − log P_edit), i.e. "
+             "F.kl_div(edit_log_probs, orig_log_probs, log_target=True, reduction='sum')."),
+            (dict(kl_at="end"), f"You read the KL at the last token of {KL_PROMPT!r} {what}; the paper "
+             "reads it at the subject's last token (where δ is added), to keep the subject's essence."),
+            (dict(where="all"), f"You added δ at every position {what}. Add it only at the subject's "
+             "last token of each row: that is the one value ROME rewrites."),
+            (dict(where="end"), f"You added δ at the last token of the prompt {what}; add it at the "
+             "subject's *last* token (where the key k* is read)."),
+            (dict(where="first"), f"You added δ at the *first* subject token {what}; add it at the "
+             "subject's last token."),
+        ]
+        for kwargs, hint in variants:
+            variant = _v_loss_variant(*args, delta, list(TEMPLATES), kl_factor=kl_factor, **kwargs).item()
+            if _close(got, variant):
+                return _failed(hint)
+        only_bare = _v_loss_variant(*args, delta, TEMPLATES[:1], kl_factor=kl_factor).item()
+        if _close(got, only_bare):
+            return _failed(f"You used only the bare prompt {what}: average the NLL over all the "
+                           "templates, each filled with fill(template, prompt, subject).")
+        return _failed(f"Loss {got:.5f}, expected {want.item():.5f} {what}. NLL: mean over templates "
+                       "of the mean over target tokens of −log P, teacher-forced; KL at the subject's "
+                       f"last token of {KL_PROMPT!r}, δ added at the subject's last token of every row.")
+    return _passed()
+
+
+# ----------------------------------------------------------------------------------------------
+# Exercise 3: the rank-one update
+# ----------------------------------------------------------------------------------------------
+def _update_case(d_in: int, d_out: int, transposed: bool, seed: int):
+    """Random weight (stored as Conv1D [in, out] when ``transposed``), bias, an anisotropic C."""
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(d_out, d_in, generator=g) / d_in ** 0.5
+    weight = W.T.contiguous() if transposed else W
+    bias = torch.randn(d_out, generator=g) * 0.1
+    A = torch.randn(d_in, d_in, generator=g) * torch.logspace(0, -1.5, d_in)
+    cov = A @ A.T / d_in + 1e-3 * torch.eye(d_in)
+    k = torch.randn(d_in, generator=g)
+    v = torch.randn(d_out, generator=g)
+    return weight, bias, k, v, cov
+
+
+def _update_variant(weight, bias, k, v, cov, transposed, *, sign=1, use_cov="inv", with_bias=True,
+                    denom="uk", transpose_back=True) -> torch.Tensor:
+    W = weight_as_out_in(weight, transposed).double()
+    k64, v64, b64, c64 = k.double(), v.double(), bias.double(), cov.double()
+    u = {"inv": torch.linalg.solve(c64, k64), "none": k64, "cov": c64 @ k64}[use_cov]
+    out = W @ k64 + (b64 if with_bias else 0)
+    lam = sign * (v64 - out) / {"uk": u @ k64, "kk": k64 @ k64, "uu": u @ u}[denom]
+    new = W + torch.outer(lam, u)
+    return (new.T if transposed and transpose_back else new).float()
+
+
+@_verdict
+def check_rank_one_update(fn: Callable, mt: LoadedModel | None = None) -> bool:
+    """``fn(weight, bias, k_star, v_star, cov, transposed) -> new weight`` in the layout of
+    ``weight`` (``transposed``: GPT-2's Conv1D stores [in, out]) with Ŵ k* + b = v*:
+    Ŵ = W + Λ (C⁻¹k*)ᵀ, Λ = (v* − (W k* + b)) / ((C⁻¹k*)ᵀ k*)."""
+    for d_in, d_out, transposed, seed in ((12, 6, True, 0), (12, 6, False, 1), (8, 8, True, 2)):
+        weight, bias, k, v, cov = _update_case(d_in, d_out, transposed, seed)
+        ref = rank_one_update(weight, transposed, k, v - (weight_as_out_in(weight, transposed) @ k + bias),
+                              cov)
+        want = weight + ref
+        given = weight.clone()
+        raw = fn(given, bias.clone(), k.clone(), v.clone(), cov.clone(), transposed)
+        layout = "Conv1D, stored [in, out]" if transposed else "Linear, stored [out, in]"
+        where = f"(weight {tuple(weight.shape)}, {layout})"
+        try:
+            got = torch.as_tensor(raw).detach().float()
+        except (TypeError, ValueError, RuntimeError):
+            return _failed(f"Return the new weight as a tensor, not {type(raw).__name__}.")
+        if got.shape != want.shape:
+            if got.shape == want.T.shape:
+                return _failed(f"Your weight has shape {tuple(got.shape)}, expected {tuple(want.shape)} "
+                               f"{where}: with transposed=True the stored weight is Wᵀ. Work with "
+                               "W = weight.T ([out, in]) and return Ŵ.T in the stored layout.")
+            return _failed(f"Shape {tuple(got.shape)}, expected {tuple(want.shape)} {where}: return the "
+                           "whole new weight (W + ΔW), in the layout it is stored in.")
+        tol = 1e-4 * (1 + want.abs().max().item())
+        if torch.allclose(got, want, atol=tol):
+            if not torch.equal(given, weight):
+                return _failed("The result is right, but you changed the weight you were given in place. "
+                               "Return a new tensor: the caller (and undo) needs the original.")
+            continue
+        if torch.allclose(got, weight, atol=1e-7):
+            return _failed(f"You returned the weight unchanged {where}: add the update Λ uᵀ.")
+        variants = [
+            (dict(sign=-1), "Wrong sign in Λ: it is Λ = (v* − W k* − b) / (uᵀk*), the change that "
+             "takes the current output W k* + b to v*, not the other way round."),
+            (dict(use_cov="none"), "You forgot C⁻¹: u = C⁻¹k* (torch.linalg.solve(cov, k_star)), not k*. "
+             "With u = k* the update also moves every key that shares k*'s common directions."),
+            (dict(use_cov="cov"), "You multiplied by C instead of solving with it: u = C⁻¹k*, "
+             "torch.linalg.solve(cov, k_star) (not cov @ k_star)."),
+            (dict(with_bias=False), "You left out the bias: the current output at k* is W k* + b, so "
+             "Λ = (v* − W k* − b) / (uᵀk*). (v* is the whole MLP output, bias included.)"),
+            (dict(denom="kk"), "Wrong denominator: divide by uᵀk* = (C⁻¹k*)ᵀk*, not k*ᵀk*; then "
+             "Ŵ k* = W k* + Λ (uᵀk*) = v* exactly."),
+            (dict(denom="uu"), "Wrong denominator: divide by uᵀk* = (C⁻¹k*)ᵀk*, not uᵀu."),
+        ]
+        for kwargs, hint in variants:
+            if torch.allclose(got, _update_variant(weight, bias, k, v, cov, transposed, **kwargs), atol=tol):
+                return _failed(hint + f" {where}")
+        if transposed and d_in == d_out:
+            if torch.allclose(got, _update_variant(weight.T, bias, k, v, cov, transposed), atol=tol) or \
+                    torch.allclose(got, _update_variant(weight, bias, k, v, cov, False), atol=tol) or \
+                    torch.allclose(got, _update_variant(weight, bias, k, v, cov, transposed,
+                                                         transpose_back=False), atol=tol):
+                return _failed(f"Conv1D transpose {where}: the stored weight is [in, out] = Wᵀ, so "
+                               "W k* is weight.T @ k_star, and the update must be added as (Λ uᵀ)ᵀ = "
+                               "u Λᵀ. This square case hides the mistake from the shapes.")
+        W_new = weight_as_out_in(got, transposed)
+        residual = (W_new @ k + bias - v).norm() / v.norm()
+        return _failed(f"Ŵ differs from the reference {where}; Ŵ k* + b − v* has relative size "
+                       f"{residual:.3g} (it should be ~0). Ŵ = W + Λ uᵀ with u = C⁻¹k*, "
+                       "Λ = (v* − W k* − b) / (uᵀk*).")
+    return _passed()
+
+
+# ----------------------------------------------------------------------------------------------
+# Exercises 4 and 5: efficacy and neighbourhood scores of one record
+# ----------------------------------------------------------------------------------------------
+def _first_token(mt: LoadedModel, obj: str) -> str:
+    return mt.tokenizer.decode(target_ids(mt, obj)[:1])
+
+
+def _probs(mt: LoadedModel, prompts: list[str], obj: str, how: str = "mean") -> torch.Tensor:
+    """P[obj | prompt] for each prompt: exp(−mean NLL) ("mean"), the product of token probabilities
+    ("product"), without the leading space ("nospace"), or the first token only ("first")."""
+    obj = " " + obj.strip()
+    if how == "nospace":
+        return object_probs(mt, prompts, [obj.strip()] * len(prompts))
+    if how == "first":
+        return object_probs(mt, prompts, [_first_token(mt, obj)] * len(prompts))
+    p = object_probs(mt, prompts, [obj] * len(prompts))
+    if how == "product":
+        return p ** len(target_ids(mt, obj))
+    return p
+
+
+def _score_variant(mt: LoadedModel, record: dict, prompts: str, *, flip: bool = False,
+                   how: str = "mean") -> float:
+    """The fraction of ``prompts`` (rewrite / paraphrase / neighborhood) where the new object beats
+    the true one (rewrite, paraphrase) or the true beats the new (neighborhood); ``flip`` swaps."""
+    rw = record["requested_rewrite"]
+    texts = {"rewrite": [rw["prompt"].format(rw["subject"])],
+             "paraphrase": list(record.get("paraphrase_prompts", [])),
+             "neighborhood": list(record.get("neighborhood_prompts", []))}[prompts]
+    new = _probs(mt, texts, rw["target_new"]["str"], how)
+    true = _probs(mt, texts, rw["target_true"]["str"], how)
+    wins = (true > new) if prompts == "neighborhood" else (new > true)
+    if flip:
+        wins = (new > true) if prompts == "neighborhood" else (true > new)
+    return wins.float().mean().item()
+
+
+class _Edited:
+    """A quick ROME edit (C = I, three templates) of ``record`` for the length of a ``with`` block,
+    so that scores are checked on an edited model too."""
+
+    def __init__(self, mt: LoadedModel, record: dict):
+        self.mt, self.record = mt, record
+
+    def __enter__(self):
+        import warnings
+
+        hp = ROMEHyperParams(layer=_layer(self.mt), mom2_adjustment=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.edit = apply_rome(self.mt, self.record["requested_rewrite"], hp, templates=TEMPLATES)
+        return self
+
+    def __exit__(self, *exc):
+        self.edit.undo()
+
+
+def _score_cases(mt: LoadedModel):
+    """(record, edited?) pairs: unedited (the true object wins), swapped (the 'new' one wins) and
+    edited with ROME (the new object should win on the rewrite prompt)."""
+    records = _records(mt)
+    return [(records[0], False), (_swapped(records[0]), False), (records[0], True)] + \
+        [(r, False) for r in records[1:2]]
+
+
+def _check_score(fn: Callable, mt: LoadedModel, prompts: str, key: str, name: str) -> bool:
+    for record, edited in _score_cases(mt):
+        ctx = _Edited(mt, record) if edited else None
+        if ctx:
+            ctx.__enter__()
+        try:
+            want = record_metrics(score_record(mt, record))[key]
+            raw = fn(mt, record)
+            got = _as_float(raw)
+            if got is None:
+                return _failed(f"Return one number, the {name} of the record (a fraction in [0, 1]), "
+                               f"not {raw!r}.")
+            rw = record["requested_rewrite"]
+            what = (f"(subject {rw['subject']!r}, new {rw['target_new']['str']!r}, true "
+                    f"{rw['target_true']['str']!r}{', after a ROME edit' if edited else ''})")
+            if _close(got, want, 1e-6):
+                continue
+            if _close(got, 100 * want, 1e-6) and want:
+                return _failed(f"Return a fraction in [0, 1], not a percentage {what}.")
+            if _close(got, _score_variant(mt, record, prompts, flip=True), 1e-6):
+                if prompts == "neighborhood":
+                    return _failed(f"Wrong way round {what}: the neighbourhood prompts are about *other* "
+                                   "subjects, which should keep their true object. NS counts prompts "
+                                   "where P[true] > P[new] (an edit that leaks to neighbours lowers it).")
+                return _failed(f"Wrong way round {what}: ES counts P[new] > P[true] (the edit worked), "
+                               "not P[true] > P[new].")
+            for how, hint in (("nospace", "Your objects have no leading space: score ' ' + object, the "
+                               "way the object follows the prompt in running text."),
+                              ("product", "You multiplied the token probabilities of a multi-token "
+                               "object; ROME's metrics use exp(−mean token NLL), so long objects are "
+                               "not penalised for their length."),
+                              ("first", "You scored only the object's first token; teacher-force all "
+                               "of its tokens and use exp(−mean NLL).")):
+                if not _close(_score_variant(mt, record, prompts, how=how), want, 1e-6) and \
+                        _close(got, _score_variant(mt, record, prompts, how=how), 1e-6):
+                    return _failed(hint + f" {what}")
+            for other, label in (("rewrite", "the rewrite prompt"), ("paraphrase", "the paraphrase prompts"),
+                                 ("neighborhood", "the neighbourhood prompts")):
+                if other != prompts and (record.get(f"{other}_prompts") or other == "rewrite"):
+                    for flip in (False, True):
+                        alt = _score_variant(mt, record, other, flip=flip)
+                        if _close(got, alt, 1e-6) and not _close(alt, want, 1e-6):
+                            return _failed(f"You scored {label}; the {name} uses the {prompts} "
+                                           f"prompt{'s' if prompts != 'rewrite' else ''} {what}.")
+            return _failed(f"{name} {got:.4f}, expected {want:.4f} {what}. P[o | p] = exp(−mean NLL) of "
+                           "' ' + o teacher-forced after p; compare with a strict '>'.")
+        finally:
+            if ctx:
+                ctx.__exit__(None, None, None)
+    return _passed()
+
+
+@_verdict
+def check_efficacy(fn: Callable, mt: LoadedModel | None = None) -> bool:
+    """``fn(mt, record) -> float``: the efficacy score of one CounterFact record, 1.0 when
+    P[new object] > P[true object] on the rewrite prompt, else 0.0."""
+    return _check_score(fn, _model(mt), "rewrite", "ES", "efficacy score")
+
+
+@_verdict
+def check_neighborhood(fn: Callable, mt: LoadedModel | None = None) -> bool:
+    """``fn(mt, record) -> float``: the neighbourhood score of one record, the fraction of its
+    neighbourhood prompts on which P[true object] > P[new object]."""
+    return _check_score(fn, _model(mt), "neighborhood", "NS", "neighbourhood score")
+
+
+# ----------------------------------------------------------------------------------------------
+# Exercise 6: an edit that can be undone bit for bit
+# ----------------------------------------------------------------------------------------------
+@_verdict
+def check_undo(fn: Callable, mt: LoadedModel | None = None) -> bool:
+    """``fn(module, new_weight) -> undo``: write ``new_weight`` into ``module.weight`` in place and
+    return a function that restores the original weight bit for bit."""
+    g = torch.Generator().manual_seed(0)
+    module = torch.nn.Linear(6, 4)
+    param = module.weight
+    original = param.detach().clone()
+    new = torch.randn(4, 6, generator=g)
+    undo = fn(module, new.clone())
+    if module.weight is not param:
+        return _failed("You replaced the Parameter object (module.weight = ...). Write into the existing "
+                       "one with torch.no_grad(): module.weight.copy_(new_weight) — other code (the "
+                       "optimizer, tied embeddings, hooks) holds a reference to it.")
+    if not torch.allclose(module.weight.detach(), new, atol=1e-6):
+        if torch.equal(module.weight.detach(), original):
+            return _failed("The weight did not change: copy new_weight into module.weight "
+                           "(module.weight.copy_(new_weight) under torch.no_grad()).")
+        return _failed("After your edit the weight is not new_weight.")
+    if not callable(undo):
+        return _failed(f"Return a function that undoes the edit, not {type(undo).__name__}.")
+    undo()
+    if torch.equal(module.weight.detach(), new):
+        return _failed("undo() left the new weight in place: the 'original' you saved was the parameter "
+                       "itself (or its .data), which the edit overwrote. Save a copy first: "
+                       "original = module.weight.detach().clone().")
+    if not torch.equal(module.weight.detach(), original):
+        diff = (module.weight.detach() - original).abs().max().item()
+        return _failed(f"undo() does not restore the weight bit for bit (max difference {diff:.3g}). "
+                       "Subtracting the update again is not exact in floating point: save a copy of the "
+                       "original and copy it back.")
+    if module.weight is not param:
+        return _failed("undo() replaced the Parameter object; copy the saved values back into it instead.")
+    return _passed()
+
+
+__all__ = ["check_compute_k", "check_v_loss", "check_rank_one_update", "check_efficacy",
+           "check_neighborhood", "check_undo", "v_loss_reference", "TEMPLATES", "KL_PROMPT"]
