@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: no widget output in committed notebooks
 
 from .hooks import trace
 from .models import LoadedModel

@@ -33,7 +33,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: no widget output in committed notebooks
 
 REMOTE_ROOT_URL = "https://rome.baulab.info"
 DATA_URL = f"{REMOTE_ROOT_URL}/data/dsets"

@@ -33,7 +33,7 @@ from collections import Counter, defaultdict
 from typing import Callable, Iterable, Sequence
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: no widget output in committed notebooks
 
 from .models import LoadedModel
 

