@@ -56,10 +56,12 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "rome_lib" / "stats"
 
 
-def cache_key(model_name: str, layer: int, corpus_id: str, n_samples: int, max_length: int) -> dict:
-    """The metadata that identifies one statistics file (stored inside it, too)."""
+def cache_key(model_name: str, layer: int, corpus_id: str, n_samples: int, max_length: int,
+              weights: str = "unknown") -> dict:
+    """The metadata that identifies one statistics file (stored inside it, too). ``weights`` is the
+    model's :attr:`~rome_lib.models.LoadedModel.weights_id`: a retrained model gets new statistics."""
     return {
-        "format": FORMAT_VERSION, "model": str(model_name), "layer": int(layer),
+        "format": FORMAT_VERSION, "model": str(model_name), "weights": str(weights), "layer": int(layer),
         "corpus": str(corpus_id), "n_samples": int(n_samples), "max_length": int(max_length),
         "stat": "mom2",
     }
@@ -234,7 +236,7 @@ def layer_stats(
     if max_length is None:
         max_length = min(256, getattr(mt.model.config, "n_positions", None)
                          or getattr(mt.model.config, "max_position_embeddings", 256))
-    key = cache_key(mt.name, layer, corpus_id, len(texts), max_length)
+    key = cache_key(mt.name, layer, corpus_id, len(texts), max_length, mt.weights_id)
     path = cache_path(cache_dir or default_cache_dir(), key)
     if use_cache:
         cached = load_stats(path, key)

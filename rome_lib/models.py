@@ -25,6 +25,8 @@ tracing probabilities drift), bfloat16 on a CPU is allowed silently.
 from __future__ import annotations
 
 import functools
+import functools
+import hashlib
 import os
 import socket
 import warnings
@@ -373,6 +375,25 @@ class LoadedModel:
     @property
     def n_layer(self) -> int:
         return self.layout.n_layer
+
+    @functools.cached_property
+    def weights_id(self) -> str:
+        """A short fingerprint of the weight files the model was loaded from (size and first/last
+        MiB of each), so caches derived from the weights (key statistics) notice a retrained model.
+        "unknown" when the model did not come from files."""
+        folder = Path(getattr(self.model.config, "_name_or_path", "") or "")
+        files = sorted(p for p in folder.glob("*") if p.suffix in (".safetensors", ".bin", ".gguf"))
+        if not files:
+            return "unknown"
+        digest = hashlib.sha256()
+        for path in files:
+            size = path.stat().st_size
+            digest.update(f"{path.name}:{size}".encode())
+            with open(path, "rb") as f:
+                digest.update(f.read(1 << 20))
+                f.seek(max(0, size - (1 << 20)))
+                digest.update(f.read(1 << 20))
+        return digest.hexdigest()[:16]
 
     def data_file(self, filename: str) -> Path | None:
         """A file shipped beside the weights (e.g. the toy model's ``known_facts.json``), if any."""

@@ -113,7 +113,7 @@ def test_mismatched_cache_is_recomputed(tiny_gpt2, tmp_path):
     layer_stats(tiny_gpt2, 1, texts, corpus_id="unit", cache_dir=tmp_path, progress=False)
     # A valid file of layer 1 placed where layer 2's entry belongs.
     src = next(tmp_path.iterdir())
-    key2 = cache_key(tiny_gpt2.name, 2, "unit", len(texts), 128)
+    key2 = cache_key(tiny_gpt2.name, 2, "unit", len(texts), 128, tiny_gpt2.weights_id)
     dst = cache_path(tmp_path, key2)
     dst.write_bytes(src.read_bytes())
     with pytest.warns(UserWarning, match="computed for"):
@@ -149,3 +149,24 @@ def test_hub_corpus_offline_error(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_datasets)
     with pytest.raises(CorpusNotAvailableError, match="network"):
         load_corpus("wikitext")
+
+
+def test_retrained_model_does_not_reuse_old_statistics(tiny_gpt2, tmp_path):
+    """Same name, same folder, new weights (the toy model retrained): the cache must not match."""
+    import shutil
+
+    from rome_lib.models import load_model
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_gpt2.model.config._name_or_path, folder)
+    texts = make_corpus(10)
+    first = load_model(str(folder), device="cpu")
+    old = layer_stats(first, 1, texts, corpus_id="unit", cache_dir=tmp_path / "c", progress=False)
+    with torch.no_grad():
+        for p in first.model.parameters():
+            p.mul_(1.5)
+    first.model.save_pretrained(folder)
+    second = load_model(str(folder), device="cpu")
+    assert second.weights_id != first.weights_id
+    new = layer_stats(second, 1, texts, corpus_id="unit", cache_dir=tmp_path / "c", progress=False)
+    assert not torch.allclose(new, old)
