@@ -447,6 +447,10 @@ def check_trace(fn: Callable, mt: LoadedModel | None = None) -> bool:
     except (TypeError, ValueError, RuntimeError):
         return _failed(f"Return a tensor of shape [tokens, layers], not {type(raw).__name__}.")
     want = ref.scores
+    if got.shape == want.T.shape and torch.allclose(got, want.T, atol=1e-4) \
+            and not torch.allclose(got, want, atol=1e-4):  # a square trace transposed, too
+        return _failed(f"Your scores are transposed: expected [tokens, layers] = {tuple(want.shape)}, "
+                       "scores[t, l] for token t and layer l.")
     if got.shape != want.shape:
         if got.shape == want.T.shape:
             return _failed(f"Your scores are transposed: shape {tuple(got.shape)}, expected "
