@@ -30,8 +30,11 @@ $(STAMP): requirements.txt pyproject.toml | $(BIN)/python
 lab: install
 	ROME_MODEL=$${ROME_MODEL:-toy} $(BIN)/jupyter lab lessons/00_start_here.ipynb
 
+# The library tests, then every lesson and solution notebook run top to bottom (nbval checks the
+# cells marked NBVAL_CHECK_OUTPUT); exercises are checked to stop at their first stub.
 test: install
-	$(BIN)/python -m pytest -m "not slow" -q -p no:cacheprovider
+	$(BIN)/python -m pytest -m "not slow" -q -p no:cacheprovider tests lessons solutions \
+	  --nbval-lax --nbval-current-env
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow" -q -p no:cacheprovider tests

@@ -16,11 +16,14 @@ the output projection W of the MLP at layer l* so that the key of the subject ma
    Ŵ k* = v* exactly, and any key k with (C⁻¹k*)ᵀ k = 0 keeps its output.
 
 **Which key in Λ.** The official code builds u = C⁻¹k̄ from the *averaged* key k̄ but divides by
-uᵀk and subtracts W k for the *bare prompt's* key k (its ``cur_input``/``cur_output``), so the
-edited layer maps neither k̄ nor k exactly to v* (R-ROME, Gupta et al. 2024, traced instabilities to
-this). We use **k̄ in both places** (k* = k̄): Ŵ k̄ = v* holds exactly. For the same reason v* is
-built on the mean original output m̄ = W k̄ + b (= the mean over the templates of the outputs, by
-linearity): v* = m̄ + δ, and ‖m̄‖ is the ‖m₀‖ of the weight decay and the clamp.
+uᵀk and subtracts W k for the *bare prompt's* key k (its ``cur_input``/``cur_output``), with
+v* = m_k + δ built on the bare prompt's output: the edited layer maps the bare key k exactly to v*,
+while δ was optimised for every template and the other templates' keys get the update scaled by
+uᵀk_j / uᵀk (R-ROME, Gupta et al. 2024, traced instabilities to this asymmetry). We use **k̄ in both
+places** (k* = k̄): Ŵ k̄ = v* holds exactly. For the same reason v* is built on the mean original
+output m̄ = W k̄ + b (= the mean over the templates of the outputs, by linearity): v* = m̄ + δ, and
+‖m̄‖ is the ‖m₀‖ of the weight decay and the clamp. The bare prompt itself is then only as well
+served as its key resembles k̄ (lesson 05 measures the ratio).
 
 :func:`apply_rome` returns an :class:`Edit` that keeps the original weight and restores it bit for
 bit with :meth:`Edit.undo`; edits on one model form a stack and must be undone in LIFO order.
