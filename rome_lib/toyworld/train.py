@@ -195,12 +195,14 @@ def known_facts(model, tok, world: World, correct: dict[tuple[str, str, int], bo
     return records
 
 
-def counterfact(world: World, known: list[dict], seed: int, n_neighbours: int = 10, n_attribute: int = 5) -> list[dict]:
+def counterfact(world: World, known: list[dict], seed: int, n_neighbours: int = 10, n_attribute: int = 5,
+                min_neighbours: int = 5, min_attribute: int = 2) -> list[dict]:
     """CounterFact-style records (official field names) for every known fact.
 
     target_new is another object of the same relation; neighbourhood prompts are other subjects
     whose true object is target_true (known ones first); attribute prompts are subjects whose
-    object is target_new. String values have no leading space (code adds it).
+    object is target_new. String values have no leading space (code adds it). Facts whose true
+    object has fewer than ``min_neighbours`` other subjects are left out.
     """
     rng = random.Random(seed + 12345)
     known_subjects = {(r["subject"], r["relation_id"]) for r in known}
@@ -209,8 +211,12 @@ def counterfact(world: World, known: list[dict], seed: int, n_neighbours: int = 
         s, rid, true = r["subject"], r["relation_id"], r["attribute"]
         rel = world.relation(rid)
         kind = world.subject_kinds[s]
-        # target_new: an object of the same relation that some subject of the same kind has
-        candidates = [o for o in rel.objects if o != true and any(world.subject_kinds[x] == kind for x in world.subjects_with(rid, o))]
+        # target_new: an object of the same relation that other subjects of the same kind have
+        candidates = [o for o in rel.objects if o != true
+                      and sum(world.subject_kinds[x] == kind for x in world.subjects_with(rid, o)) >= min_attribute]
+        n_true = sum(x != s for x in world.subjects_with(rid, true))
+        if not candidates or n_true < min_neighbours:
+            continue  # too few subjects share the true object for a neighbourhood test
         new = rng.choice(candidates)
 
         def prompts_for(obj: str, n: int) -> list[str]:
