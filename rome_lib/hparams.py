@@ -11,10 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-# The rewrite layer of the embedded "toy" model (8 layers). Chosen from its causal tracing: the
-# layer whose MLP at the last subject token has the largest (windowed) indirect effect. Set it here
-# once the traced toy model is final.
+# The embedded "toy" model (8 layers, d_model 128). Its causal tracing (lesson 03) shows no clear
+# mid-layer MLP peak at the last subject token (the state effect there is largest among subject
+# tokens in layers 0-4), so the layer and clamp were chosen by editing the first 100 CounterFact-style
+# records (C from the toy corpus, no generation; ES/PS/NS/S):
+#   layer 1-5, clamp 4 (official, 20 records): S 0 / 69 / 83 / 81 / 72 -- v* hits the clamp: the toy
+#   model's MLP outputs are small next to its residual stream, so 4·‖m₀‖ cannot reach the target;
+#   layer 3, clamp 10: 99.0 / 93.0 / 96.7 / 96.2;  layer 4, clamp 10: 98.0 / 92.5 / 95.8 / 95.4.
 TOY_LAYER = 3
+TOY_CLAMP = 10.0
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,7 @@ class ROMEHyperParams:
 
 
 ROME_PRESETS: dict[str, ROMEHyperParams] = {
-    "toy": ROMEHyperParams(layer=TOY_LAYER, mom2_n_samples=None),
+    "toy": ROMEHyperParams(layer=TOY_LAYER, clamp_norm_factor=TOY_CLAMP, mom2_n_samples=None),
     # gpt2 (124M) has no official preset; layer 5 of 12 sits where its MLP tracing effect peaks.
     "gpt2": ROMEHyperParams(layer=5),
     "gpt2-medium": ROMEHyperParams(layer=8, clamp_norm_factor=3.0),
@@ -100,9 +105,13 @@ class FTHyperParams:
             hp = cls(layer=0)
             return replace(hp, norm_constraint=5e-4) if constrained else hp
         layer = ROMEHyperParams.for_model(name, n_layer).layer
+        if constrained and key == "toy":
+            # ε = 2e-2: the smallest of 5e-3 / 1e-2 / 2e-2 / 5e-2 whose efficacy reaches the paper's
+            # FT+L efficacy (ES ≥ 99) on the first 100 toy records (ES 30 / 86 / 100 / 100).
+            return cls(layer=layer, lr=2e-2, norm_constraint=2e-2)
         if constrained:
             return cls(layer=layer, lr=5e-3, norm_constraint=5e-3)
         return cls(layer=layer, lr=1e-2)
 
 
-__all__ = ["TOY_LAYER", "ROMEHyperParams", "ROME_PRESETS", "FTHyperParams"]
+__all__ = ["TOY_LAYER", "TOY_CLAMP", "ROMEHyperParams", "ROME_PRESETS", "FTHyperParams"]
