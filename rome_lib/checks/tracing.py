@@ -447,8 +447,8 @@ def check_trace(fn: Callable, mt: LoadedModel | None = None) -> bool:
     except (TypeError, ValueError, RuntimeError):
         return _failed(f"Return a tensor of shape [tokens, layers], not {type(raw).__name__}.")
     want = ref.scores
-    if got.shape == want.T.shape and torch.allclose(got, want.T, atol=1e-4) \
-            and not torch.allclose(got, want, atol=1e-4):  # a square trace transposed, too
+    if got.shape == want.T.shape and torch.allclose(got, want.T, atol=1e-4) and (
+            got.shape != want.shape or not torch.allclose(got, want, atol=1e-4)):  # square ones too
         return _failed(f"Your scores are transposed: expected [tokens, layers] = {tuple(want.shape)}, "
                        "scores[t, l] for token t and layer l.")
     if got.shape != want.shape:
