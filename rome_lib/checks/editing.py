@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from typing import Callable, Sequence
 
 import torch
@@ -29,7 +28,7 @@ from ..rome import (
     apply_rome, compute_k, fill, rank_one_update, target_ids, weight_as_out_in,
 )
 from ..tracing import find_subject_range, known_facts
-from .tracing import PASSED, _failed, _model, _passed, _verdict
+from .tracing import PASSED, _as_float, _failed, _model, _passed, _verdict
 
 # Few, short context templates keep the checks fast; the bare prompt comes first, as in ROME.
 TEMPLATES = ["{}", "It was late in the evening. {}", "Here is a fact. {}"]
@@ -109,18 +108,6 @@ def _target(record: dict) -> str:
 
 def _close(a: float, b: float, tol: float = 2e-5) -> bool:
     return abs(a - b) <= tol * (1 + abs(b))
-
-
-def _as_float(value) -> float | None:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            return None
-        value = value.item()
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(value) else value
 
 
 # ----------------------------------------------------------------------------------------------

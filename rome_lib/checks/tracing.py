@@ -117,7 +117,8 @@ def _close(a: float, b: float) -> bool:
     return abs(a - b) <= 2e-5 + 1e-4 * abs(b)
 
 
-def _as_float(value, what: str) -> float | None:
+def _as_float(value) -> float | None:
+    """A scalar answer as a float (None if it is not one, or NaN)."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             return None
@@ -291,7 +292,7 @@ def check_corrupt(fn: Callable, mt: LoadedModel | None = None) -> bool:
         hint = _noise_hint(mt, prompt, subject, spy.passes, noise, SAMPLES, SEED)
         if hint:
             return _failed(hint)
-        got = _as_float(raw, "probability")
+        got = _as_float(raw)
         if got is None:
             return _failed(f"Return one float (the mean probability), not {raw!r}.")
         low, high = ref["corrupted"], ref["clean"]
@@ -351,7 +352,7 @@ def check_restore(fn: Callable, mt: LoadedModel | None = None) -> bool:
         hint = _noise_hint(mt, prompt, subject, spy.passes, noise, SAMPLES, SEED)
         if hint:
             return _failed(hint)
-        got = _as_float(raw, "probability")
+        got = _as_float(raw)
         if got is None:
             return _failed(f"Return one float (the mean restored probability), not {raw!r}.")
         if _close(got, want):
