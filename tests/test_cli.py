@@ -77,3 +77,32 @@ def test_bad_input_is_one_line_and_exit_2(capsys, model_dir, argv, message):
     code, out, err = run(capsys, *argv)
     assert code == 2 and out == ""
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_edit_on_the_toy_model_changes_the_answer_and_reports_json(capsys):
+    code, out, _ = run(capsys, "edit", "--model", "toy", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["layer"] == 3
+    assert set(data["pre"]) == {"p_new", "p_true", "argmax"} == set(data["post"])
+    assert data["post"]["p_new"] > data["pre"]["p_new"] and data["post"]["p_new"] > data["post"]["p_true"]
+    assert data["request"]["target_new"]["str"] and data["seconds"] > 0
+
+
+def test_evaluate_on_the_toy_model_reports_the_paper_metrics(capsys):
+    code, out, _ = run(capsys, "evaluate", "--model", "toy", "--method", "none", "--n", "3",
+                       "--no-generation", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["n"] == 3 and data["method"] == "none"
+    assert {"ES", "PS", "NS", "S", "EM", "PM", "NM"} <= set(data) and data["ES"] == 0.0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["edit", "--prompt", "{} plays", "--subject", "Sakpi Vamja", "--target", " "], "is empty"),
+    (["edit", "--prompt", "Sakpi Vamja plays", "--subject", "Sakpi Vamja", "--target", "golf"],
+     "'{} plays'"),
+    (["edit", "--prompt", "plays the sport of", "--subject", "X", "--target", "golf"], "does not occur"),
+    (["edit", "--prompt", "{} plays"], "together"),
+])
+def test_bad_edit_requests_are_one_line_and_exit_2(capsys, argv, message):
+    code, out, err = run(capsys, *argv, "--model", "toy")
+    assert code == 2 and out == "" and message in err and err.count("\n") == 1
