@@ -6,7 +6,6 @@ solutions/02_editing_exercises.ipynb."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -16,22 +15,12 @@ from rome_lib import checks
 from rome_lib.checks import editing as ce
 from rome_lib.evaluation import object_probs
 from rome_lib.hooks import trace
-from rome_lib.models import load_model
 from rome_lib.rome import fill, weight_as_out_in
+
+from .check_helpers import mt, verdict  # noqa: F401 - mt is a fixture
 
 torch.set_num_threads(1)
 
-
-@pytest.fixture(scope="module")
-def mt():
-    return load_model(os.environ.get("ROME_CHECK_MODEL", "toy"), device="cpu")
-
-
-def verdict(capsys, check, fn, *args):
-    assert check(fn, *args) is None  # a notebook cell ending with a check shows only the verdict
-    out = capsys.readouterr().out
-    assert out.startswith(("✓", "✗")), out
-    return out.startswith(ce.PASSED), out
 
 
 def span(mt, text, a, b):

@@ -5,7 +5,6 @@ that names it (a check that cannot fail would teach nothing)."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -13,23 +12,12 @@ import torch
 from rome_lib import checks
 from rome_lib.checks import tracing as ct
 from rome_lib.hooks import trace as hook_trace
-from rome_lib.models import load_model
 from rome_lib.tracing import BUCKETS, make_noise
+
+from .check_helpers import mt, verdict  # noqa: F401 - mt is a fixture
 
 torch.set_num_threads(1)
 
-
-@pytest.fixture(scope="module")
-def mt():
-    return load_model(os.environ.get("ROME_CHECK_MODEL", "toy"), device="cpu")
-
-
-def verdict(capsys, check, fn, *args):
-    assert check(fn, *args) is None  # a notebook cell ending with a check shows only the verdict
-    out = capsys.readouterr().out
-    assert out.strip(), "a check must always print its verdict"
-    assert out.startswith(("✓", "✗")), out
-    return out.startswith(ct.PASSED), out
 
 
 # ---- reference solutions (as in solutions/01_tracing_exercises.ipynb) ------------------------
