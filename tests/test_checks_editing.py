@@ -22,7 +22,6 @@ from .check_helpers import mt, verdict  # noqa: F401 - mt is a fixture
 torch.set_num_threads(1)
 
 
-
 def span(mt, text, a, b):
     offsets = mt.tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
     hits = [i for i, (x, y) in enumerate(offsets) if y > x and x < b and y > a]

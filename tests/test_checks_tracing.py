@@ -19,7 +19,6 @@ from .check_helpers import mt, verdict  # noqa: F401 - mt is a fixture
 torch.set_num_threads(1)
 
 
-
 # ---- reference solutions (as in solutions/01_tracing_exercises.ipynb) ------------------------
 def subject_range(tokenizer, prompt, subject, *, strict=False, shift_end=0, last_only=False):
     start = prompt.index(subject)
