@@ -236,10 +236,10 @@ def load_known_facts(name: str = "toy", **kwargs) -> list[dict]:
 def known_facts_noise(mt, facts: list[dict] | None = None) -> float:
     """The paper's noise level ν = 3 × std of the subject-token embeddings of its known facts,
     measured on ``mt``'s embeddings (``facts`` defaults to known_1000, fetched on demand)."""
-    from .tracing import NOISE_MULTIPLIER, embedding_std
+    from .tracing import default_noise
 
     facts = facts if facts is not None else load_known_1000()
-    return NOISE_MULTIPLIER * embedding_std(mt, [f["subject"] for f in facts])
+    return default_noise(mt, [f["subject"] for f in facts])
 
 
 __all__ = [

@@ -22,7 +22,7 @@ from ..evaluation import generate, object_probs
 from ..hparams import ROMEHyperParams
 from ..models import LoadedModel
 from ..rome import Edit, apply_rome
-from .tracing_explorer import top_predictions
+from .tracing_explorer import top_predictions, widget_bundle
 
 GEN_LENGTH = 30
 
@@ -175,12 +175,8 @@ class EditPlayground:
             self.example.value = next(iter(self.examples))
 
     def _repr_mimebundle_(self, **kwargs):
-        """Display as the widget; a saved notebook's text form is one line, not the widget tree."""
-        bundle = self.widget._repr_mimebundle_(**kwargs)
-        bundle = bundle[0] if isinstance(bundle, tuple) else bundle
-        bundle["text/plain"] = (f"EditPlayground({self.mt.name!r}): needs a running kernel; a static "
-                                "result follows")
-        return bundle
+        return widget_bundle(self.widget, f"EditPlayground({self.mt.name!r}): needs a running "
+                             "kernel; a static result follows", **kwargs)
 
     def _on_example(self, change) -> None:
         ex = self.examples.get(change["new"])

@@ -68,6 +68,14 @@ def figure_png(fig) -> bytes:
     return buffer.getvalue()
 
 
+def widget_bundle(widget, text: str, **kwargs) -> dict:
+    """Display ``widget``; a saved notebook keeps only ``text`` (one line), not the widget tree."""
+    bundle = widget._repr_mimebundle_(**kwargs)
+    bundle = bundle[0] if isinstance(bundle, tuple) else bundle
+    bundle["text/plain"] = text
+    return bundle
+
+
 class TracingExplorer:
     """The widget: ``TracingExplorer(mt).widget`` is an ipywidgets VBox to display.
 
@@ -106,12 +114,8 @@ class TracingExplorer:
             self.update()
 
     def _repr_mimebundle_(self, **kwargs):
-        """Display as the widget; a saved notebook's text form is one line, not the widget tree."""
-        bundle = self.widget._repr_mimebundle_(**kwargs)
-        bundle = bundle[0] if isinstance(bundle, tuple) else bundle
-        bundle["text/plain"] = (f"TracingExplorer({self.mt.name!r}): needs a running kernel; a static "
-                                "figure follows")
-        return bundle
+        return widget_bundle(self.widget, f"TracingExplorer({self.mt.name!r}): needs a running "
+                             "kernel; a static figure follows", **kwargs)
 
     def _on_fact(self, change) -> None:
         fact = self.facts.get(change["new"])
