@@ -23,11 +23,14 @@ writes ``$ROME_CACHE/models/smollm2`` (default ``~/.cache/rome_lib/models/smollm
     rsync -a ~/.cache/rome_lib/models/smollm2 gpu:/data/rc/models/
     ROME_CACHE=/data/rc python benchmarks/smollm2_reproduce.py --device cuda --n 100 --out out/
 
-ROME's key statistics C need a text corpus (``--mom2-corpus PATH``: a text file with one document
-per line or a JSON list of strings; the C matrix is cached in $ROME_CACHE/stats). Without one, ROME
-runs with C = I (``mom2_adjustment=False``), which the output says. CPU smoke test (a few minutes):
+ROME's key statistics C need a text corpus: ``--mom2-corpus PATH`` (a text file with one document
+per line or a JSON list of strings), or ``--sample-corpus N``: N texts of ``--sample-tokens`` tokens
+sampled from the model itself (saved as ``corpus.json``), for machines where no Wikipedia can be
+had. The C matrix is cached in $ROME_CACHE/stats. Without either, ROME runs with C = I
+(``mom2_adjustment=False``), which the output says. CPU smoke test (a few minutes):
 
-    python benchmarks/smollm2_reproduce.py --n 3 --samples 2 --out /tmp/smoke
+    python benchmarks/smollm2_reproduce.py --n 3 --samples 2 --n-edit 2 --sample-corpus 8 \
+        --sample-tokens 16 --no-generation --out /tmp/smoke
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from pathlib import Path
 import torch
 
 from rome_lib.models import load_model
-from rome_lib.tracing import BUCKETS, average_indirect_effects, known_facts
+from rome_lib.tracing import BUCKETS, average_indirect_effects, default_window, known_facts
 
 PAPER = {  # GPT-2 XL, quoted from the paper for comparison (not our numbers)
     "tracing": {"ATE": 18.6, "mlp_max_last_subject": 15.0, "mlp_peak_layer": "17 of 48",
@@ -69,6 +72,12 @@ def parse_args(argv=None):
     p.add_argument("--mom2-corpus", default=None, metavar="PATH",
                    help="text corpus for ROME's C (default: none, C = I)")
     p.add_argument("--mom2-n-samples", type=int, default=10_000)
+    p.add_argument("--sample-corpus", type=int, default=None, metavar="N",
+                   help="C from N texts sampled from the model (instead of --mom2-corpus)")
+    p.add_argument("--sample-tokens", type=int, default=128, help="tokens per sampled text")
+    p.add_argument("--sweep-layers", default="", metavar="L,L,...",
+                   help="also ROME at these layers on the first --sweep-n records (S vs layer)")
+    p.add_argument("--sweep-n", type=int, default=20)
     p.add_argument("--no-generation", action="store_true", help="skip GE/RS (generation)")
     p.add_argument("--no-edit", action="store_true", help="tracing only")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -155,7 +164,7 @@ def main(argv=None) -> int:
     mlp_last_subject = aie.kinds["mlp"][BUCKETS.index("last_subject")]
     layer = args.layer if args.layer is not None else int(mlp_last_subject.argmax())
     report["tracing"] = {"n": aie.n, "ATE": aie.ate, "clean": aie.high, "corrupted": aie.low,
-                         "window": tracing.get("window"), "peaks": peaks,
+                         "window": default_window(mt.n_layer), "peaks": peaks,
                          "seconds": tracing["seconds"], "figure": str(out / "aie.png")}
     report["rewrite_layer"] = {"layer": layer, "chosen": "--layer" if args.layer is not None
                                else "argmax of MLP AIE at the last subject token"}
@@ -167,6 +176,16 @@ def main(argv=None) -> int:
     except ImportError as error:
         report["edits"] = f"skipped: {error}"
         args.no_edit = True
+    if not args.no_edit and args.sample_corpus:
+        from rome_lib.covariance import sample_corpus
+
+        t0 = time.perf_counter()
+        texts = sample_corpus(mt, args.sample_corpus, args.sample_tokens, seed=args.seed)
+        args.mom2_corpus = str(out / "corpus.json")
+        Path(args.mom2_corpus).write_text(json.dumps(texts))
+        args.mom2_n_samples = len(texts)
+        report["sampled_corpus"] = {"texts": len(texts), "tokens_each": args.sample_tokens,
+                                    "top_k": 50, "seconds": round(time.perf_counter() - t0, 1)}
     if not args.no_edit:
         n_edit = args.n_edit if args.n_edit is not None else min(args.n, 50)
         records = build_records(facts, n_edit, args.seed)
@@ -189,7 +208,20 @@ def main(argv=None) -> int:
             edits[method] = result
             print(f"{method}: " + ", ".join(f"{k} {v:.1f}" for k, v in result.items()
                                             if isinstance(v, float)), file=sys.stderr)
-        (out / "edits.json").write_text(json.dumps(edits, indent=1, default=str))
+            (out / "edits.json").write_text(json.dumps(edits, indent=1, default=str))
+        sweep = [int(x) for x in args.sweep_layers.split(",") if x.strip()]
+        if sweep:
+            edits["rome_by_layer"] = {"n": min(args.sweep_n, len(records))}
+        for sweep_layer in sweep:
+            t0 = time.perf_counter()
+            result = evaluation.evaluate(mt, records[: args.sweep_n], "rome",
+                                         hparams=replace(rome_hp, layer=sweep_layer),
+                                         generation=False, progress=True)
+            result["seconds"] = round(time.perf_counter() - t0, 1)
+            edits["rome_by_layer"][sweep_layer] = result
+            print(f"rome at layer {sweep_layer}: S {result['S']:.1f} ES {result['ES']:.1f} "
+                  f"PS {result['PS']:.1f} NS {result['NS']:.1f}", file=sys.stderr)
+            (out / "edits.json").write_text(json.dumps(edits, indent=1, default=str))
         report["edits"] = edits
     report["seconds"] = round(time.perf_counter() - started, 1)
     (out / "report.json").write_text(json.dumps(report, indent=1, default=str))

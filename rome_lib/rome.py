@@ -39,7 +39,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from .covariance import layer_stats
+from .covariance import layer_stats, sample_corpus
 from .hooks import get_module, trace
 from .hparams import ROMEHyperParams
 from .models import LoadedModel
@@ -119,15 +119,7 @@ _TEMPLATE_CACHE: dict[tuple, list[str]] = {}
 @torch.no_grad()
 def sample_prefixes(mt: LoadedModel, n: int, length: int, top_k: int, generator: torch.Generator) -> list[str]:
     """``n`` texts of ``length`` tokens sampled from the model (top-k) after its BOS/EOS token."""
-    tok = mt.tokenizer
-    start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-    ids = torch.full((n, 1), start, dtype=torch.long, device=mt.device)
-    for _ in range(length):
-        logits = mt.model(ids, logits_to_keep=1).logits[:, -1].float().cpu()
-        top, idx = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
-        choice = torch.multinomial(torch.softmax(top, -1), 1, generator=generator)
-        ids = torch.cat([ids, idx.gather(1, choice).to(mt.device)], dim=1)
-    return [tok.decode(row[1:], skip_special_tokens=True) for row in ids.tolist()]
+    return sample_corpus(mt, n, length, top_k=top_k, generator=generator, batch_size=n, progress=False)
 
 
 def context_templates(

@@ -170,3 +170,33 @@ def test_retrained_model_does_not_reuse_old_statistics(tiny_gpt2, tmp_path):
     assert second.weights_id != first.weights_id
     new = layer_stats(second, 1, texts, corpus_id="unit", cache_dir=tmp_path / "c", progress=False)
     assert not torch.allclose(new, old)
+
+
+def _sample_without_cache(mt, n, n_tokens, top_k, seed):
+    """Reference: recompute the whole sequence at every step, the same draws from the generator."""
+    generator = torch.Generator().manual_seed(seed)
+    tok = mt.tokenizer
+    start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    ids = torch.full((n, 1), start)
+    for _ in range(n_tokens):
+        top, idx = mt.model(ids).logits[:, -1].float().topk(top_k, -1)
+        ids = torch.cat([ids, idx.gather(1, torch.multinomial(torch.softmax(top, -1), 1,
+                                                               generator=generator))], 1)
+    return tok.batch_decode(ids[:, 1:], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_gptj"])
+def test_sampled_corpus_equals_sampling_without_a_cache(request, fixture):
+    mt = request.getfixturevalue(fixture)
+    with torch.no_grad():
+        expected = _sample_without_cache(mt, 5, 7, top_k=20, seed=3)
+    got = covariance.sample_corpus(mt, 5, 7, top_k=20, seed=3, batch_size=5, progress=False)
+    assert got == expected
+    assert len(set(got)) > 1  # real samples, not one repeated text
+
+
+def test_sampled_corpus_is_seeded_and_batched_to_the_count(tiny_gpt2):
+    one = covariance.sample_corpus(tiny_gpt2, 5, 4, seed=1, batch_size=2, progress=False)
+    assert one == covariance.sample_corpus(tiny_gpt2, 5, 4, seed=1, batch_size=2, progress=False)
+    assert one != covariance.sample_corpus(tiny_gpt2, 5, 4, seed=2, batch_size=2, progress=False)
+    assert len(one) == 5
