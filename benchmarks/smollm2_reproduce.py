@@ -180,7 +180,8 @@ def main(argv=None) -> int:
         from rome_lib.covariance import sample_corpus
 
         t0 = time.perf_counter()
-        texts = sample_corpus(mt, args.sample_corpus, args.sample_tokens, seed=args.seed)
+        texts = sample_corpus(mt, args.sample_corpus, args.sample_tokens, seed=args.seed,
+                              batch_size=256 if mt.device.type == "cuda" else 64)
         args.mom2_corpus = str(out / "corpus.json")
         Path(args.mom2_corpus).write_text(json.dumps(texts))
         args.mom2_n_samples = len(texts)
