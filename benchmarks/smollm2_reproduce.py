@@ -23,14 +23,14 @@ writes ``$ROME_CACHE/models/smollm2`` (default ``~/.cache/rome_lib/models/smollm
     rsync -a ~/.cache/rome_lib/models/smollm2 gpu:/data/rc/models/
     ROME_CACHE=/data/rc python benchmarks/smollm2_reproduce.py --device cuda --n 100 --out out/
 
-ROME's key statistics C need a text corpus: ``--mom2-corpus PATH`` (a text file with one document
-per line or a JSON list of strings), or ``--sample-corpus N``: N texts of ``--sample-tokens`` tokens
-sampled from the model itself (saved as ``corpus.json``), for machines where no Wikipedia can be
-had. The C matrix is cached in $ROME_CACHE/stats. Without either, ROME runs with C = I
-(``mom2_adjustment=False``), which the output says. CPU smoke test (a few minutes):
+ROME's key statistics C need a text corpus. The default is the model's preset (for SmolLM2:
+``"sampled"``, ``--mom2-n-samples`` texts of 128 tokens sampled from the model itself, since no
+Wikipedia can be had offline); ``--mom2-corpus PATH`` takes a text file with one document per line
+or a JSON list of strings instead, ``--mom2-corpus none`` uses C = I. C is cached in
+$ROME_CACHE/stats. CPU smoke test (a few minutes):
 
-    python benchmarks/smollm2_reproduce.py --n 3 --samples 2 --n-edit 2 --sample-corpus 8 \
-        --sample-tokens 16 --no-generation --out /tmp/smoke
+    python benchmarks/smollm2_reproduce.py --n 3 --samples 2 --n-edit 2 --mom2-n-samples 8 \
+        --no-generation --out /tmp/smoke
 """
 
 from __future__ import annotations
@@ -69,12 +69,9 @@ def parse_args(argv=None):
     p.add_argument("--samples", type=int, default=10, help="noise draws per cell (paper: 10)")
     p.add_argument("--layer", type=int, default=None, help="rewrite layer (default: from the AIE)")
     p.add_argument("--methods", default="none,rome,ft-l", help="comma list of none, rome, ft, ft-l")
-    p.add_argument("--mom2-corpus", default=None, metavar="PATH",
-                   help="text corpus for ROME's C (default: none, C = I)")
-    p.add_argument("--mom2-n-samples", type=int, default=10_000)
-    p.add_argument("--sample-corpus", type=int, default=None, metavar="N",
-                   help="C from N texts sampled from the model (instead of --mom2-corpus)")
-    p.add_argument("--sample-tokens", type=int, default=128, help="tokens per sampled text")
+    p.add_argument("--mom2-corpus", default=None, metavar="PATH|sampled|none",
+                   help="text corpus for ROME's C (default: the model's preset; none: C = I)")
+    p.add_argument("--mom2-n-samples", type=int, default=None, help="texts for C (default: preset)")
     p.add_argument("--sweep-layers", default="", metavar="L,L,...",
                    help="also ROME at these layers on the first --sweep-n records (S vs layer)")
     p.add_argument("--sweep-n", type=int, default=20)
@@ -176,30 +173,23 @@ def main(argv=None) -> int:
     except ImportError as error:
         report["edits"] = f"skipped: {error}"
         args.no_edit = True
-    if not args.no_edit and args.sample_corpus:
-        from rome_lib.covariance import sample_corpus
-
-        t0 = time.perf_counter()
-        texts = sample_corpus(mt, args.sample_corpus, args.sample_tokens, seed=args.seed,
-                              batch_size=256 if mt.device.type == "cuda" else 64)
-        args.mom2_corpus = str(out / "corpus.json")
-        Path(args.mom2_corpus).write_text(json.dumps(texts))
-        args.mom2_n_samples = len(texts)
-        report["sampled_corpus"] = {"texts": len(texts), "tokens_each": args.sample_tokens,
-                                    "top_k": 50, "seconds": round(time.perf_counter() - t0, 1)}
     if not args.no_edit:
         n_edit = args.n_edit if args.n_edit is not None else min(args.n, 50)
         records = build_records(facts, n_edit, args.seed)
         (out / "records.json").write_text(json.dumps(records, indent=1))
-        rome_hp = replace(ROMEHyperParams.for_model(args.model, mt.n_layer), layer=layer,
-                          mom2_adjustment=args.mom2_corpus is not None,
-                          mom2_corpus=args.mom2_corpus, mom2_n_samples=args.mom2_n_samples)
+        rome_hp = replace(ROMEHyperParams.for_model(args.model, mt.n_layer), layer=layer)
+        if args.mom2_corpus == "none":
+            rome_hp = replace(rome_hp, mom2_adjustment=False)
+        elif args.mom2_corpus:
+            rome_hp = replace(rome_hp, mom2_corpus=args.mom2_corpus)
+        if args.mom2_n_samples:
+            rome_hp = replace(rome_hp, mom2_n_samples=args.mom2_n_samples)
         hparams = {"none": None, "rome": rome_hp,
                    "ft": replace(FTHyperParams.for_model(args.model, False, mt.n_layer), layer=layer),
                    "ft-l": replace(FTHyperParams.for_model(args.model, True, mt.n_layer), layer=layer)}
         edits = {"n_records": len(records), "layer": layer,
-                 "rome_C": f"E[kk^T] over {args.mom2_corpus}" if args.mom2_corpus
-                 else "identity (no --mom2-corpus)",
+                 "rome_C": (f"E[kk^T] over {rome_hp.mom2_n_samples} texts of {rome_hp.mom2_corpus}"
+                            if rome_hp.mom2_adjustment else "identity (--mom2-corpus none)"),
                  "hparams": {m: (vars(h) if h is not None else None) for m, h in hparams.items()}}
         for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
             t0 = time.perf_counter()

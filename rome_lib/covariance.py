@@ -157,6 +157,16 @@ def load_corpus(source: str, n_samples: int | None = None) -> tuple[str, list[st
     )
 
 
+SAMPLED = "sampled"  # corpus name: texts drawn from the model itself by :func:`sample_corpus`
+SAMPLED_TEXTS = 2_000
+SAMPLED_TOKENS = 128
+
+
+def _context_length(mt: LoadedModel) -> int:
+    config = mt.model.config
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 256)
+
+
 @torch.no_grad()
 def sample_corpus(mt: LoadedModel, n_texts: int, n_tokens: int = 128, *, top_k: int = 50,
                   seed: int = 0, generator: torch.Generator | None = None, batch_size: int = 64,
@@ -250,32 +260,43 @@ def layer_stats(
     """C = E[k kᵀ] at ``layer`` (float32, CPU), from the disk cache when a valid entry exists.
 
     Give either ``texts`` (a list of strings; then ``corpus_id`` names them in the cache key --
-    without it the key is a hash of the texts) or ``corpus`` (see :func:`load_corpus`; the default is
-    ``"toy"`` for the embedded model and an error for other models). ``n_samples`` caps the number of
-    texts. ``max_length`` (tokens per text) defaults to min(256, the model's context).
+    without it the key is a hash of the texts) or ``corpus`` (see :func:`load_corpus`, or
+    ``"sampled"``: ``n_samples`` (default 2,000) texts of 128 tokens from :func:`sample_corpus`,
+    drawn only when C is not cached; the default is ``"toy"`` for the embedded model and an error
+    for other models). ``n_samples`` caps the number of texts. ``max_length`` (tokens per text)
+    defaults to min(256, the model's context).
     """
-    if texts is None:
-        if corpus is None:
-            if mt.name != "toy":
-                raise CorpusNotAvailableError(
-                    f"No corpus given for the statistics of {mt.name!r}. Pass texts=[...] or "
-                    "corpus=<path to a text file> (or 'wikitext'/'wikipedia' with the network)."
-                )
-            corpus = "toy"
-        corpus_id, texts = load_corpus(corpus, n_samples)
-    else:
-        texts = list(texts[:n_samples] if n_samples else texts)
-        if corpus_id is None:
-            corpus_id = "texts-" + hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
     if max_length is None:
-        max_length = min(256, getattr(mt.model.config, "n_positions", None)
-                         or getattr(mt.model.config, "max_position_embeddings", 256))
-    key = cache_key(mt.name, layer, corpus_id, len(texts), max_length, mt.weights_id)
+        max_length = min(256, _context_length(mt))
+    sampled = texts is None and corpus == SAMPLED
+    if sampled:  # drawn below, only when the cache has no C for them
+        n_texts = n_samples or SAMPLED_TEXTS
+        n_tokens = min(SAMPLED_TOKENS, _context_length(mt) - 1)
+        corpus_id = f"sampled-{n_tokens}tok-top50-seed0"
+    else:
+        if texts is None:
+            if corpus is None:
+                if mt.name != "toy":
+                    raise CorpusNotAvailableError(
+                        f"No corpus given for the statistics of {mt.name!r}. Pass texts=[...], "
+                        "corpus=<path to a text file>, corpus='sampled' (texts sampled from the "
+                        "model) or 'wikitext'/'wikipedia' (with the network)."
+                    )
+                corpus = "toy"
+            corpus_id, texts = load_corpus(corpus, n_samples)
+        else:
+            texts = list(texts[:n_samples] if n_samples else texts)
+            if corpus_id is None:
+                corpus_id = "texts-" + hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
+        n_texts = len(texts)
+    key = cache_key(mt.name, layer, corpus_id, n_texts, max_length, mt.weights_id)
     path = cache_path(cache_dir or default_cache_dir(), key)
     if use_cache:
         cached = load_stats(path, key)
         if cached is not None:
             return cached
+    if sampled:
+        texts = sample_corpus(mt, n_texts, n_tokens, progress=progress)
     mom2, count = compute_mom2(mt, layer, texts, batch_size=batch_size, max_length=max_length,
                                progress=progress)
     if use_cache:
@@ -288,5 +309,5 @@ def layer_stats(
 
 __all__ = [
     "CorpusNotAvailableError", "default_cache_dir", "cache_key", "cache_path", "tensor_checksum",
-    "save_stats", "load_stats", "load_corpus", "sample_corpus", "compute_mom2", "layer_stats",
+    "save_stats", "load_stats", "load_corpus", "sample_corpus", "SAMPLED", "compute_mom2", "layer_stats",
 ]

@@ -21,6 +21,12 @@ from dataclasses import dataclass, replace
 TOY_LAYER = 3
 TOY_CLAMP = 10.0
 
+# SmolLM2-135M (30 layers): its causal tracing over 120 known facts (benchmarks/results/smollm2/)
+# puts the largest MLP effect at the last subject token at layer 3 (AIE .066, window 6); ROME there
+# (C from 2,000 texts sampled from the model: no Wikipedia offline) gave S 94.6 on 60 edits, at
+# layer 2 S 91.5 on 20.
+SMOLLM2_LAYER = 3
+
 
 @dataclass(frozen=True)
 class ROMEHyperParams:
@@ -73,6 +79,7 @@ ROME_PRESETS: dict[str, ROMEHyperParams] = {
     "gpt2-large": ROMEHyperParams(layer=12),
     "gpt2-xl": ROMEHyperParams(layer=17),
     "gpt-j-6b": ROMEHyperParams(layer=5),
+    "smollm2": ROMEHyperParams(layer=SMOLLM2_LAYER, mom2_corpus="sampled", mom2_n_samples=2_000),
 }
 
 
@@ -114,4 +121,4 @@ class FTHyperParams:
         return cls(layer=layer, lr=1e-2)
 
 
-__all__ = ["TOY_LAYER", "TOY_CLAMP", "ROMEHyperParams", "ROME_PRESETS", "FTHyperParams"]
+__all__ = ["TOY_LAYER", "TOY_CLAMP", "SMOLLM2_LAYER", "ROMEHyperParams", "ROME_PRESETS", "FTHyperParams"]

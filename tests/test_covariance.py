@@ -200,3 +200,20 @@ def test_sampled_corpus_is_seeded_and_batched_to_the_count(tiny_gpt2):
     assert one == covariance.sample_corpus(tiny_gpt2, 5, 4, seed=1, batch_size=2, progress=False)
     assert one != covariance.sample_corpus(tiny_gpt2, 5, 4, seed=2, batch_size=2, progress=False)
     assert len(one) == 5
+
+
+def test_sampled_corpus_statistics_are_of_the_sampled_texts_and_cached(tiny_gpt2, tmp_path,
+                                                                      monkeypatch):
+    got = layer_stats(tiny_gpt2, 1, corpus="sampled", n_samples=6, cache_dir=tmp_path,
+                      progress=False)
+    n_tokens = tiny_gpt2.model.config.n_positions - 1
+    texts = covariance.sample_corpus(tiny_gpt2, 6, min(128, n_tokens), progress=False)
+    expected, _ = compute_mom2(tiny_gpt2, 1, texts, max_length=128, progress=False)
+    torch.testing.assert_close(got, expected)
+
+    def no_sampling(*_args, **_kwargs):
+        raise AssertionError("sampled again although C is cached")
+
+    monkeypatch.setattr(covariance, "sample_corpus", no_sampling)
+    torch.testing.assert_close(layer_stats(tiny_gpt2, 1, corpus="sampled", n_samples=6,
+                                           cache_dir=tmp_path, progress=False), got)
