@@ -8,7 +8,9 @@ PyTorch forward hooks. Every hook is removed when the block ends, also when it r
     rec["transformer.h.3.mlp"].output      # the (edited) output, detached
 
 Modules such as GPT-2 attention return tuples; the *first* element is the activation that is read
-and edited, the rest passes through untouched.
+and edited, the rest passes through untouched. ``stop=True`` ends the forward pass as soon as the
+(one) traced module has been recorded, like nethook's ``stop``: statistics of layer 3 of 30 then
+cost 4 layers, not 30.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ import torch
 from torch import nn
 
 EditFn = Callable[[torch.Tensor, str], torch.Tensor]
+
+
+class StopForward(Exception):
+    """Raised inside a hook to end the forward pass early; :func:`trace` swallows it."""
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:
@@ -61,15 +67,22 @@ def trace(
     edit_output: EditFn | None = None,
     edit_input: EditFn | None = None,
     detach: bool = True,
+    stop: bool = False,
 ) -> Iterator[dict[str, Recorded]]:
     """Hook the named modules for the block's duration.
 
     ``edit_output(tensor, name)`` / ``edit_input(tensor, name)`` may return a replacement for the
     module's main output / first positional input. Recorded tensors are what the rest of the network
     saw (after editing). ``detach=False`` keeps the graph, e.g. for optimising through a hook.
+    ``stop=True`` (one module only) ends the forward pass once that module's input (when only the
+    input is retained) or output has been recorded: the model call raises :class:`StopForward`,
+    which ends the ``with`` block (make the call its last statement) and is swallowed there.
     """
     if isinstance(names, str):
         names = [names]
+    if stop and len(names) != 1:
+        raise ValueError("stop=True traces exactly one module.")
+    stop_at_input = stop and retain_input and not retain_output and edit_output is None
     records = {name: Recorded() for name in names}
     handles: list[torch.utils.hooks.RemovableHandle] = []
 
@@ -90,6 +103,8 @@ def trace(
                         x = edit_input(x, _name)
                     if retain_input:
                         records[_name].input = keep(x)
+                    if stop_at_input:
+                        raise StopForward
                     return (x, *args[1:]) if edit_input is not None else None
 
                 handles.append(module.register_forward_pre_hook(pre_hook))
@@ -99,10 +114,14 @@ def trace(
                     output = _replace_main(output, edit_output(main_tensor(output), _name))
                 if retain_output:
                     records[_name].output = keep(main_tensor(output))
+                if stop:
+                    raise StopForward
                 return output if edit_output is not None else None
 
             handles.append(module.register_forward_hook(post_hook))
         yield records
+    except StopForward:
+        pass
     finally:
         for handle in handles:
             handle.remove()

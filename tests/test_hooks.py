@@ -43,3 +43,30 @@ def test_hooks_removed_after_an_exception(tiny_gpt2):
 def test_unknown_module_name_suggests_close_names(tiny_gpt2):
     with pytest.raises(KeyError, match="transformer.h.1.mlp"):
         get_module(tiny_gpt2.model, "transformer.h.1.mpl")
+
+
+@pytest.mark.parametrize("retain", ["input", "output"])
+def test_stop_records_the_same_and_runs_nothing_after_the_module(tiny_gpt2, retain):
+    mt, name = tiny_gpt2, tiny_gpt2.layout.mlp_out_at(1)
+    with trace(mt.model, name, retain_input=True) as full:
+        mt.model(_ids(mt))
+    later = []
+    handle = get_module(mt.model, mt.layout.layer(2)).register_forward_pre_hook(
+        lambda *_: later.append(1))
+    try:
+        with trace(mt.model, name, retain_input=retain == "input",
+                   retain_output=retain == "output", stop=True) as rec:
+            mt.model(_ids(mt))
+            later.append("the block went on")  # skipped: the stop ends the block
+    finally:
+        handle.remove()
+    assert later == []
+    assert torch.equal(getattr(rec[name], retain), getattr(full[name], retain))
+    module = get_module(mt.model, name)
+    assert not module._forward_hooks and not module._forward_pre_hooks
+
+
+def test_stop_traces_one_module_only(tiny_gpt2):
+    with pytest.raises(ValueError, match="exactly one"):
+        with trace(tiny_gpt2.model, [tiny_gpt2.layout.layer(0), tiny_gpt2.layout.layer(1)], stop=True):
+            pass
