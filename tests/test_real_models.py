@@ -15,7 +15,7 @@ MEMBER = "pkg/model.gguf"
 
 def _spec(sha256: str) -> WheelModel:
     return WheelModel(name="m", package="pkg", version="1", member=MEMBER, sha256=sha256,
-                      license="MIT", description="a test file")
+                      license="MIT", what="a test file")
 
 
 @pytest.fixture
