@@ -37,7 +37,7 @@ from tqdm import tqdm  # text bars: no widget output in committed notebooks
 
 from .hooks import trace
 from .data import WIKI_LEADS, DataNotAvailableError, load_wiki_leads
-from .models import LoadedModel
+from .models import LoadedModel, forward_with_cache
 
 FORMAT_VERSION = 1
 WIKI_LEADS_CORPUS = "wiki-leads"  # corpus names
@@ -199,9 +199,8 @@ def sample_corpus(mt: LoadedModel, n_texts: int, n_tokens: int = 128, *, top_k: 
         x = torch.full((rows, 1), start, dtype=torch.long, device=mt.device)
         past, new = None, []
         for _ in range(n_tokens):
-            out = mt.model(x, past_key_values=past, use_cache=True)
-            past = out.past_key_values
-            top, idx = out.logits[:, -1].float().cpu().topk(min(top_k, out.logits.shape[-1]), -1)
+            logits, past = forward_with_cache(mt.model, x, past)
+            top, idx = logits[:, -1].float().cpu().topk(min(top_k, logits.shape[-1]), -1)
             choice = torch.multinomial(torch.softmax(top, -1), 1, generator=generator)
             new.append(idx.gather(1, choice))
             x = new[-1].to(mt.device)

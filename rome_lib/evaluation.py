@@ -35,7 +35,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 from tqdm import tqdm  # text bars: no widget output in committed notebooks
 
-from .models import LoadedModel
+from .models import LoadedModel, forward_with_cache
 
 METHODS = ("none", "rome", "ft", "ft-l")
 
@@ -125,9 +125,8 @@ def generate(mt: LoadedModel, prompts: Sequence[str], max_length: int = 100, *, 
         x = torch.tensor([ids], device=mt.device)
         past, new = None, []
         while len(ids) + len(new) < min(max_length, limit):
-            out = mt.model(x, past_key_values=past, use_cache=True)
-            past = out.past_key_values
-            logits = out.logits[0, -1].float().cpu()
+            logits, past = forward_with_cache(mt.model, x, past)
+            logits = logits[0, -1].float().cpu()
             if greedy:
                 nxt = int(logits.argmax())
             else:

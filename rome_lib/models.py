@@ -25,8 +25,8 @@ tracing probabilities drift), bfloat16 on a CPU is allowed silently.
 from __future__ import annotations
 
 import functools
-import functools
 import hashlib
+import inspect
 import os
 import socket
 import warnings
@@ -119,9 +119,13 @@ def tracing_defaults(name: str) -> dict:
     """
     from .tracing import default_window  # tracing imports this module
 
+    from .real_models import REAL_MODELS
+
     key = preset_name(name)
     if key is not None:
         n_layer = PRESET_CONFIGS[key]["n_layer"]
+    elif name in REAL_MODELS:
+        n_layer = REAL_MODELS[name].n_layer
     else:
         config = AutoConfig.from_pretrained(TOY_DIR if name == "toy" else name)
         n_layer = getattr(config, "n_layer", None) or config.num_hidden_layers
@@ -399,6 +403,24 @@ class LoadedModel:
         """A file shipped beside the weights (e.g. the toy model's ``known_facts.json``), if any."""
         path = Path(getattr(self.model.config, "_name_or_path", "") or "") / filename
         return path if path.is_file() else None
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_argument(model_class: type) -> str:
+    parameters = inspect.signature(model_class.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def forward_with_cache(model: nn.Module, ids: torch.Tensor, cache=None) -> tuple[torch.Tensor, object]:
+    """``(logits, cache)`` of one forward pass that reuses and extends a KV cache.
+
+    transformers renamed the argument (``past_key_values`` became ``cache`` in 5.24; the old name
+    warns, and goes in 5.40), and a model swallows an unknown keyword silently -- it would then
+    recompute without the cache, at the wrong positions. So the name is read off the signature.
+    """
+    name = _cache_argument(type(model))
+    out = model(ids, use_cache=True, **{name: cache})
+    return out.logits, out[name]
 
 
 def default_device() -> torch.device:

@@ -185,6 +185,7 @@ def _sample_without_cache(mt, n, n_tokens, top_k, seed):
     return tok.batch_decode(ids[:, 1:], skip_special_tokens=True)
 
 
+@pytest.mark.filterwarnings("error::FutureWarning")  # no deprecated cache argument either
 @pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_gptj"])
 def test_sampled_corpus_equals_sampling_without_a_cache(request, fixture):
     mt = request.getfixturevalue(fixture)

@@ -164,11 +164,17 @@ def test_generation_is_seeded(tiny_gpt2):
     assert a == generate(tiny_gpt2, ["Michael Jordan", "The"], max_length=12, seed=3)
     assert all(t.startswith(p) for t, p in zip(a, ["Michael Jordan", "The"]))
     assert a != generate(tiny_gpt2, ["Michael Jordan", "The"], max_length=12, seed=4)
-    greedy = generate(tiny_gpt2, ["The"], max_length=8, greedy=True)
+
+
+
+@pytest.mark.filterwarnings("error::FutureWarning")  # no deprecated cache argument either
+def test_greedy_generation_with_the_cache_equals_recomputing_every_step(tiny_gpt2):
     ids = tiny_gpt2.tokenizer("The", return_tensors="pt")["input_ids"]
     with torch.no_grad():
-        first = tiny_gpt2.model(ids).logits[0, -1].argmax().item()
-    assert greedy[0].startswith(tiny_gpt2.tokenizer.decode(ids[0].tolist() + [first]))
+        for _ in range(7):
+            ids = torch.cat([ids, tiny_gpt2.model(ids).logits[:, -1].argmax(-1, keepdim=True)], 1)
+    expected = tiny_gpt2.tokenizer.decode(ids[0].tolist(), skip_special_tokens=True)
+    assert generate(tiny_gpt2, ["The"], max_length=8, greedy=True) == [expected]
 
 
 # ----------------------------------------------------------------------------------------------
