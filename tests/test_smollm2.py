@@ -54,6 +54,7 @@ def test_missing_model_is_one_clear_error(tmp_path, monkeypatch):
 def test_converted_model_is_what_we_expect(smollm2):
     mt = smollm2
     assert mt.layout.arch == "llama" and mt.n_layer == 30 and mt.model.config.hidden_size == 576
+    assert real_models.REAL_MODELS["smollm2"].n_layer == mt.n_layer  # what presets assume
     assert mt.layout.mlp_out_at(17) == "model.layers.17.mlp.down_proj"
     assert mt.dtype == torch.float32
     info = json.loads((real_models.model_dir("smollm2") / real_models.INFO_FILE).read_text())
