@@ -149,3 +149,17 @@ def test_noise_level_ignores_the_bos_token(llama_bos):
     ids = [i for s in subjects for i in tiny_tokenizer()(s)["input_ids"]]  # no BOS
     weight = llama_bos.model.get_input_embeddings().weight
     assert embedding_std(llama_bos, subjects) == pytest.approx(weight[ids].std().item(), rel=1e-6)
+
+
+@pytest.mark.filterwarnings("error::FutureWarning")
+@pytest.mark.parametrize("fixture", ["llama_untied", "llama_bos"])
+def test_sampling_with_the_kv_cache_equals_recomputing_every_step(request, fixture):
+    """Rotary positions must continue across cached steps (a dropped cache restarts them at 0)."""
+    from rome_lib.covariance import sample_corpus
+
+    from .test_covariance import _sample_without_cache
+
+    mt = request.getfixturevalue(fixture)
+    with torch.no_grad():
+        expected = _sample_without_cache(mt, 3, 6, top_k=20, seed=5)
+    assert sample_corpus(mt, 3, 6, top_k=20, seed=5, batch_size=3, progress=False) == expected
