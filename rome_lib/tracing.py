@@ -261,10 +261,13 @@ def trace(
     low = torch.softmax(logits, -1)[:, setup.answer_id].mean().item()
     severed = [rec[name].output for name in sever_names]  # each [samples, T, d]
 
-    # 3. Restoration: each group of `samples` rows restores one (token, layer) cell.
-    cells = [(t, l) for t in range(n_tokens) for l in range(n_layer)]
+    # 3. Restoration: each group of `samples` rows restores one (token, layer) cell. Tokens before
+    # the subject never see the noise (the model is causal), so restoring or freezing anything there
+    # changes nothing: those cells score the corrupted run's probability and need no pass.
+    cells = [(t, l) for t in range(b, n_tokens) for l in range(n_layer)]
     rows = _rows_per_pass(mt, n_tokens, samples, memory_budget)
     scores = torch.zeros(n_tokens, n_layer)
+    scores[:b] = low
     for start in range(0, len(cells), rows // samples):
         chunk = cells[start : start + rows // samples]
         # For every layer: which rows restore it, and at which token.
