@@ -3,7 +3,8 @@
     python benchmarks/bench_trace.py [--model toy] [--threads 1]
 
 Prints one JSON line (see ``python -m rome_lib bench``): reference seconds, batched seconds, their
-ratio and the largest score difference between the two.
+ratio, the largest score difference between the two, and the most any exact shortcut could save
+(``exact_skip_bound``).
 """
 
 import argparse

@@ -64,6 +64,7 @@ def test_bench_reports_agreement(capsys, model_dir):
     code, out, _ = run(capsys, "bench", "--model", model_dir, "--samples", "2", "--json")
     trace = json.loads(out)["trace"]
     assert code == 0 and trace["max_abs_diff"] <= 1e-5 and trace["speedup"] > 0
+    assert trace["exact_skip_bound"] > 1
 
 
 @pytest.mark.parametrize("argv, message", [
