@@ -4,12 +4,14 @@
 
 Each notebook runs top to bottom in its own folder (ROME_MODEL defaults to the embedded model);
 outputs that need a browser (widget views, JavaScript, HTML) are dropped so the committed file
-holds text and PNG figures only. Prints the seconds each notebook took.
+holds text and PNG figures only, and so are text progress bars (live feedback with timings that
+would change the file on every run). Prints the seconds each notebook took.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -18,15 +20,26 @@ import nbformat
 from nbclient import NotebookClient
 
 DROP = ("application/vnd.jupyter.widget-view+json", "application/javascript", "text/html")
+PROGRESS = re.compile(r"\d+%\|")  # tqdm's "NN%|" bar
+
+
+def is_progress_bar(output: dict) -> bool:
+    """A stderr stream made only of tqdm bar updates (lines split on \\r and \\n), or blank."""
+    if output.get("output_type") != "stream" or output.get("name") != "stderr":
+        return False
+    parts = [p for p in re.split(r"[\r\n]", "".join(output.get("text", ""))) if p.strip()]
+    return all(PROGRESS.search(p) for p in parts)  # a blank stream is a bar's closing newline
 
 
 def strip_dynamic_outputs(notebook: nbformat.NotebookNode) -> None:
-    """Remove browser-only output types; an output left with no data is removed entirely."""
+    """Remove browser-only output types and progress bars; an output left with no data is removed."""
     for cell in notebook.cells:
         if cell.cell_type != "code":
             continue
         kept = []
         for output in cell.get("outputs", []):
+            if is_progress_bar(output):
+                continue
             data = output.get("data")
             if data is not None:
                 for mime in DROP:
