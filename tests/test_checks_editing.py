@@ -68,20 +68,23 @@ def v_loss(mt, prompt, subject, target, layer, delta, templates, kl_factor=0.062
     target = " " + target.strip() if space else target.strip()
     tgt = mt.tokenizer(target, add_special_tokens=False)["input_ids"]
     name = mt.layout.mlp_out_at(layer)
-    nlls = []
-    for template in templates:
-        text, a, b = fill(template, prompt, subject)
-        ids = mt.tokenizer(text)["input_ids"]
-        _, last = span(mt, text, a, b)
 
-        def add(out, _, last=last):
+    def add_at(last):
+        """The hook adding δ at token ``last`` (or, the mistake, at every token)."""
+        def add(out, _):
             out = out.clone()
             if everywhere:
                 return out + delta
             out[0, last] = out[0, last] + delta
             return out
+        return add
 
-        with trace(mt.model, name, edit_output=add, detach=False):
+    nlls = []
+    for template in templates:
+        text, a, b = fill(template, prompt, subject)
+        ids = mt.tokenizer(text)["input_ids"]
+        _, last = span(mt, text, a, b)
+        with trace(mt.model, name, edit_output=add_at(last), detach=False):
             logits = mt.model(torch.tensor([ids + tgt])).logits[0]
         logp = torch.log_softmax(logits[len(ids) - 1:len(ids) - 1 + len(tgt)], -1)
         nlls.append(-logp[torch.arange(len(tgt)), torch.tensor(tgt)].mean())
@@ -90,15 +93,7 @@ def v_loss(mt, prompt, subject, target, layer, delta, templates, kl_factor=0.062
     ids = torch.tensor([mt.tokenizer(text)["input_ids"]])
     with torch.no_grad():
         orig = torch.log_softmax(mt.model(ids).logits[0, last], -1)
-
-    def add_kl(out, _):
-        out = out.clone()
-        if everywhere:
-            return out + delta
-        out[0, last] = out[0, last] + delta
-        return out
-
-    with trace(mt.model, name, edit_output=add_kl, detach=False):
+    with trace(mt.model, name, edit_output=add_at(last), detach=False):
         edit = torch.log_softmax(mt.model(ids).logits[0, last], -1)
     if kl == "forward":
         div = F.kl_div(edit, orig, log_target=True, reduction="sum")

@@ -158,6 +158,15 @@ def _clean_block_input(mt: LoadedModel, ids: torch.Tensor) -> torch.Tensor:
     return spy.passes[0][0]
 
 
+def _spied_call(mt: LoadedModel, prompt: str, subject: str, noise: float, call: Callable[[], object],
+                across_passes: bool = False) -> tuple[object, str | None]:
+    """Run the learner's ``call()`` watching what it feeds the first block: (its result, a hint when
+    the noise went astray, else None)."""
+    with _InputSpy(mt) as spy:
+        raw = call()
+    return raw, _noise_hint(mt, prompt, subject, spy.passes, noise, SAMPLES, SEED, across_passes)
+
+
 def _noise_hint(mt: LoadedModel, prompt: str, subject: str, passes: list[torch.Tensor],
                 noise: float, samples: int, seed: int, across_passes: bool = False) -> str | None:
     """Where did the noise go? A hint for the first thing that differs from the reference
@@ -287,9 +296,8 @@ def check_corrupt(fn: Callable, mt: LoadedModel | None = None) -> bool:
         answer_id = _answer_id(mt, prompt)
         ref = restored_probability(mt, prompt, subject, (), samples=SAMPLES, noise=noise, seed=SEED,
                                    answer_id=answer_id)
-        with _InputSpy(mt) as spy:
-            raw = fn(mt, prompt, subject, answer_id, noise=noise, samples=SAMPLES, seed=SEED)
-        hint = _noise_hint(mt, prompt, subject, spy.passes, noise, SAMPLES, SEED)
+        raw, hint = _spied_call(mt, prompt, subject, noise, lambda: fn(
+            mt, prompt, subject, answer_id, noise=noise, samples=SAMPLES, seed=SEED))
         if hint:
             return _failed(hint)
         got = _as_float(raw)
@@ -346,10 +354,9 @@ def check_restore(fn: Callable, mt: LoadedModel | None = None) -> bool:
     for prompt, subject, token, layer, kind in _restore_cases(mt):
         answer_id = _answer_id(mt, prompt)
         want = _ref_restored(mt, prompt, subject, answer_id, noise, token, layer, kind)
-        with _InputSpy(mt) as spy:
-            raw = fn(mt, prompt, subject, answer_id, token, layer, kind, noise=noise, samples=SAMPLES,
-                     seed=SEED)
-        hint = _noise_hint(mt, prompt, subject, spy.passes, noise, SAMPLES, SEED)
+        raw, hint = _spied_call(mt, prompt, subject, noise, lambda: fn(
+            mt, prompt, subject, answer_id, token, layer, kind, noise=noise, samples=SAMPLES,
+            seed=SEED))
         if hint:
             return _failed(hint)
         got = _as_float(raw)
@@ -438,9 +445,8 @@ def check_trace(fn: Callable, mt: LoadedModel | None = None) -> bool:
     answer_id = _answer_id(mt, prompt)
     ref = trace_reference(mt, prompt, subject, "state", samples=SAMPLES, noise=noise, seed=SEED,
                           answer_id=answer_id)
-    with _InputSpy(mt) as spy:
-        raw = fn(mt, prompt, subject, answer_id, noise=noise, samples=SAMPLES, seed=SEED)
-    hint = _noise_hint(mt, prompt, subject, spy.passes, noise, SAMPLES, SEED, across_passes=True)
+    raw, hint = _spied_call(mt, prompt, subject, noise, lambda: fn(
+        mt, prompt, subject, answer_id, noise=noise, samples=SAMPLES, seed=SEED), across_passes=True)
     if hint:
         return _failed(hint)
     try:
