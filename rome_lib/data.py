@@ -238,7 +238,7 @@ def load_known_facts(name: str = "toy", **kwargs) -> list[dict]:
 
 
 def known_facts_noise(mt, facts: list[dict] | None = None) -> float:
-    """The paper's noise level ν = 3 × std of the subject-token embeddings of its known facts,
+    """The official noise level ν = 3 × std of the subject-token embeddings of its known facts,
     measured on ``mt``'s embeddings (``facts`` defaults to known_1000, fetched on demand)."""
     from .tracing import default_noise
 
