@@ -5,7 +5,7 @@ The official files live on the ROME authors' data site (the official code's ``RE
 the cache folder (``$ROME_CACHE/data`` when ROME_CACHE is set, else ``~/.cache/rome_lib/data``),
 with a progress bar and a check, and returns its path; later calls use the cached copy.
 
-    known_1000.json        1,209 facts GPT-2 XL knows (causal tracing, paper §2)
+    known_1000.json        1,209 facts GPT-2 XL knows (causal tracing; the paper samples 1,000, App. B.1)
     counterfact.json       21,919 counterfactual edit records (paper §3.3)
     zsre_mend_eval.json    zsRE question-answering edits, MEND's eval split (paper §3.2)
     attribute_snippets.json  Wikipedia snippets per (relation, object), for the reference score
