@@ -1,4 +1,4 @@
-"""Fine-tuning baselines of the paper's Table 1: FT and FT+L (official ``baselines/ft``).
+"""Fine-tuning baselines of the paper's Tables 1 and 4 (App. E.1): FT and FT+L (official ``baselines/ft``).
 
 Both fine-tune one weight -- the MLP output projection of a chosen layer -- on the new fact alone:
 Adam on the mean teacher-forced NLL of the new object (leading space, all of its tokens) after the

@@ -5,7 +5,7 @@ The official files live on the ROME authors' data site (the official code's ``RE
 the cache folder (``$ROME_CACHE/data`` when ROME_CACHE is set, else ``~/.cache/rome_lib/data``),
 with a progress bar and a check, and returns its path; later calls use the cached copy.
 
-    known_1000.json        1,209 facts GPT-2 XL knows (causal tracing, paper §2)
+    known_1000.json        1,209 facts GPT-2 XL knows (causal tracing; the paper samples 1,000, App. B.1)
     counterfact.json       21,919 counterfactual edit records (paper §3.3)
     zsre_mend_eval.json    zsRE question-answering edits, MEND's eval split (paper §3.2)
     attribute_snippets.json  Wikipedia snippets per (relation, object), for the reference score
@@ -238,7 +238,7 @@ def load_known_facts(name: str = "toy", **kwargs) -> list[dict]:
 
 
 def known_facts_noise(mt, facts: list[dict] | None = None) -> float:
-    """The paper's noise level ν = 3 × std of the subject-token embeddings of its known facts,
+    """The official noise level ν = 3 × std of the subject-token embeddings of its known facts,
     measured on ``mt``'s embeddings (``facts`` defaults to known_1000, fetched on demand)."""
     from .tracing import default_noise
 

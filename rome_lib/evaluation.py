@@ -1,4 +1,4 @@
-"""CounterFact metrics (paper §3.2, Table 1), computed as the official ``summarize.py`` does.
+"""CounterFact metrics (paper §3.3, Table 4), computed as the official ``summarize.py`` does.
 
 Records are in the official counterfact.json format::
 

@@ -9,7 +9,7 @@ FT+L follow ``baselines/ft`` (GPT-2 XL: 25 steps of Adam, lr 5e-4, ε = 5e-4 for
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 # The embedded "toy" model (8 layers, d_model 128). Its causal tracing (lesson 03) shows no clear
 # mid-layer MLP peak at the last subject token (the state effect there is largest among subject
@@ -102,7 +102,8 @@ class FTHyperParams:
 
     @classmethod
     def for_model(cls, name: str, constrained: bool, n_layer: int | None = None) -> "FTHyperParams":
-        """Official values for GPT-2 XL / GPT-J (layer 0, 25 steps, lr 5e-4; FT+L ε = 5e-4).
+        """Official values for GPT-2 XL / GPT-J (``hparams/FT``, paper App. E.1): 25 steps, lr 5e-4;
+        FT at layer 1 (GPT-2 XL) / 21 (GPT-J), FT+L at layer 0 with ε = 5e-4 (GPT-2 XL) / 5e-5 (GPT-J).
 
         Smaller models (toy, gpt2 ... gpt2-large, others) fine-tune the ROME preset's layer, so the
         comparison isolates the method; with their smaller weights 5e-4 barely moves the fact, so FT
@@ -110,8 +111,9 @@ class FTHyperParams:
         """
         key = name.split("/")[-1].lower()
         if key in ("gpt2-xl", "gpt-j-6b"):
-            hp = cls(layer=0)
-            return replace(hp, norm_constraint=5e-4) if constrained else hp
+            if constrained:
+                return cls(layer=0, norm_constraint=5e-4 if key == "gpt2-xl" else 5e-5)
+            return cls(layer=1 if key == "gpt2-xl" else 21)
         layer = ROMEHyperParams.for_model(name, n_layer).layer
         if constrained and key == "toy":
             # ε = 2e-2: the smallest of 5e-3 / 1e-2 / 2e-2 / 5e-2 whose efficacy reaches the paper's

@@ -21,15 +21,20 @@ def _pyplot():
     return plt
 
 
-def plot_trace(result: "TraceResult", ax=None):
-    """Heatmap of P[answer] with one cell restored; subject tokens are starred, as in the paper."""
+def plot_trace(result: "TraceResult", ax=None, vmin: float | None = None, vmax: float | None = None):
+    """Heatmap of P[answer] with one cell restored; subject tokens are starred, as in the paper.
+
+    The colour scale runs from ``vmin`` (default: the lower of the corrupted P and the smallest
+    score) to ``vmax`` (default: the largest score); pass both to compare panels on one scale.
+    """
     plt = _pyplot()
     if ax is None:
         _, ax = plt.subplots(figsize=(4.5, 0.3 * len(result.tokens) + 1.2), dpi=100)
     b, e = result.subject_range
     labels = [tok + ("*" if b <= i < e else "") for i, tok in enumerate(result.tokens)]
-    image = ax.pcolormesh(result.scores.numpy(), cmap=KIND_COLORMAPS[result.kind],
-                          vmin=min(result.low, result.scores.min().item()))
+    if vmin is None:
+        vmin = min(result.low, result.scores.min().item())
+    image = ax.pcolormesh(result.scores.numpy(), cmap=KIND_COLORMAPS[result.kind], vmin=vmin, vmax=vmax)
     ax.invert_yaxis()
     ax.set_yticks([i + 0.5 for i in range(len(labels))], labels)
     step = max(1, result.scores.shape[1] // 8)
@@ -43,14 +48,23 @@ def plot_trace(result: "TraceResult", ax=None):
     return ax
 
 
-def plot_traces(results: dict, path: str | None = None):
-    """The three heatmaps side by side; saved as PNG when ``path`` is given."""
+def plot_traces(results: dict, path: str | None = None, shared_scale: bool = False):
+    """Heatmaps side by side; saved as PNG when ``path`` is given.
+
+    ``shared_scale=True`` puts every panel on one colour scale (lowest corrupted P or score to the
+    highest score), so that equal colours mean equal P: use it whenever the panels are compared, e.g.
+    one kind traced with different windows. Each panel keeps its own scale otherwise.
+    """
     plt = _pyplot()
     n_tokens = len(next(iter(results.values())).tokens)
     fig, axes = plt.subplots(1, len(results), figsize=(4.8 * len(results), 0.3 * n_tokens + 1.6),
                              dpi=100, squeeze=False)
+    limits = {}
+    if shared_scale:
+        limits = {"vmin": min(min(r.low, r.scores.min().item()) for r in results.values()),
+                  "vmax": max(r.scores.max().item() for r in results.values())}
     for ax, result in zip(axes[0], results.values()):
-        plot_trace(result, ax)
+        plot_trace(result, ax, **limits)
     fig.tight_layout()
     if path:
         fig.savefig(path)

@@ -112,6 +112,10 @@ def test_presets_and_bad_requests(tiny_gpt2):
     xl = FTHyperParams.for_model("gpt2-xl", constrained=True)
     assert (xl.layer, xl.num_steps, xl.lr, xl.norm_constraint) == (0, 25, 5e-4, 5e-4)
     assert FTHyperParams.for_model("gpt2-xl", constrained=False).norm_constraint is None
+    # the official hparams/FT files (paper App. E.1): unconstrained FT at layer 1 / 21, GPT-J's ε 5e-5
+    assert FTHyperParams.for_model("gpt2-xl", constrained=False).layer == 1
+    gptj_ft, gptj_ftl = (FTHyperParams.for_model("EleutherAI/gpt-j-6B", c) for c in (False, True))
+    assert (gptj_ft.layer, gptj_ftl.layer, gptj_ftl.norm_constraint) == (21, 0, 5e-5)
     assert FTHyperParams.for_model("toy", constrained=False).layer == ROMEHyperParams.for_model("toy").layer
     with pytest.raises(ValueError, match="placeholder"):
         apply_ft(tiny_gpt2, {**REQUEST, "prompt": "Michael Jordan plays"}, HP)

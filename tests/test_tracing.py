@@ -4,8 +4,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from rome_lib import tracing
 from rome_lib.tracing import (
-    BUCKETS, average_indirect_effects, bucket_scores, default_window, find_subject_range,
-    restored_probability, trace, trace_reference, window_layers,
+    BUCKETS, TraceResult, average_indirect_effects, bucket_scores, default_window,
+    find_subject_range, pool_aie, restored_probability, trace, trace_reference, window_layers,
 )
 
 from .conftest import save_and_load
@@ -127,6 +127,32 @@ def test_buckets_follow_the_official_grouping():
     assert rows[1] is None and rows[0][0] == rows[2][0] == 2 and rows[4][0] == 4
 
 
+def _fake_trace(scores: list[float], subject_range: tuple[int, int], low: float) -> TraceResult:
+    """A one-layer trace whose token i scores ``scores[i]``."""
+    tokens = [str(i) for i in range(len(scores))]
+    return TraceResult(prompt="", subject="", kind="mlp", tokens=tokens, subject_range=subject_range,
+                       answer="", answer_id=0, scores=torch.tensor(scores)[:, None], low=low,
+                       high=1.0, window=1)
+
+
+def test_pooling_per_fact_and_the_official_way_by_hand():
+    # Fact A: 6 tokens, subject 1..3 (middle: token 2), one token after it, no further tokens.
+    # Fact B: 8 tokens, subject 0..3 (middle: tokens 1, 2), further tokens 5, 6.
+    a = _fake_trace([0.0, 0.1, 0.2, 0.3, 0.4, 0.5], (1, 4), low=0.1)
+    b = _fake_trace([0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4], (0, 4), low=0.5)
+    fact = pool_aie([a, b], "fact")[:, 0].tolist()
+    official = pool_aie([a, b], "official")[:, 0].tolist()
+    # One-row buckets agree: first subject (0.1 - 0.1 + 0.0 - 0.5) / 2, last subject, first after, last.
+    for i, expected in [(0, -0.25), (2, (0.2 + 0.1) / 2), (3, (0.3 + 0.3) / 2), (5, (0.4 + 0.9) / 2)]:
+        assert fact[i] == pytest.approx(expected) and official[i] == pytest.approx(expected)
+    # Middle: per fact ((0.2 - 0.1) + (0.3 - 0.5)) / 2; pooled rows mean(0.2, 0.2, 0.4) - mean low 0.3.
+    assert fact[1] == pytest.approx(-0.05) and official[1] == pytest.approx(0.8 / 3 - 0.3)
+    # Further: only B has rows; per fact 1.1 - 0.5, official 1.1 - the mean low of *all* facts.
+    assert fact[4] == pytest.approx(0.6) and official[4] == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="pooling"):
+        pool_aie([a], "mean")
+
+
 def test_aie_averages_indirect_effects(peaky_gpt2):
     facts = [{"prompt": PROMPT, "subject": SUBJECT},
              {"prompt": "Michael Jordan plays the sport of", "subject": "Michael Jordan"}]
@@ -136,6 +162,7 @@ def test_aie_averages_indirect_effects(peaky_gpt2):
     last = BUCKETS.index("last")
     expected = sum(r.indirect_effects[-1] for r in singles) / 2
     assert torch.allclose(result.kinds["mlp"][last], expected, atol=1e-6)
+    assert torch.allclose(result.kinds["mlp"], pool_aie(singles, "fact"), atol=1e-6)
     assert result.ate == pytest.approx(sum(r.high - r.low for r in singles) / 2, abs=1e-6)
     assert result.to_json()["buckets"] == list(BUCKETS)
 

@@ -423,7 +423,7 @@ def check_window(fn: Callable, mt: LoadedModel | None = None) -> bool:
                                f"0 … {n_layer - 1}.")
             if got == list(range(layer, min(n_layer, layer + window))):
                 return _failed(f"Got {got} {where}: the window is *centred* on the layer, "
-                               f"l − w//2 … l + ⌈w/2⌉ − 1 (the paper's l−5 … l+4 for w = 10), "
+                               f"l − w//2 … l + ⌈w/2⌉ − 1 (the official code's l−5 … l+4 for w = 10), "
                                f"expected {want}.")
             if len(got) == len(want) + 1:
                 return _failed(f"Got {got} {where}: one layer too many, the window holds {window} "

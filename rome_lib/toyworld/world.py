@@ -13,9 +13,10 @@ setting at a tiny scale:
 * **Text styles** beyond "prompt + object": appositions ("Varno Kettmar, the pilot from France,"),
   parentheticals ("Varno Kettmar (born in Lyon)"), descriptions right after the subject ("the Dask
   Tower in Paris"), several facts of one subject in one sentence, and filler. In these the token right
-  after the subject already needs the subject's attributes, which pushes the model to recall them *at
-  the last subject token* -- the "subject enrichment" that causal tracing finds in GPT-2 (see
-  DESIGN.md section 4).
+  after the subject already needs the subject's attributes, which is meant to push the model to recall
+  them *at the last subject token* -- the "subject enrichment" that causal tracing finds in GPT-2.
+  How far it worked is measured in lesson 03: the trained model's MLP effect at the last subject
+  token is there but peaks in layers 0-1, and most of its recall still happens at the last token.
 
 Usage::
 
