@@ -30,7 +30,9 @@ from .models import LoadedModel
 
 KINDS = ("state", "mlp", "attn")
 BUCKETS = ("first_subject", "middle_subject", "last_subject", "first_subsequent", "further", "last")
-NOISE_MULTIPLIER = 3.0  # ν = 3 × std of subject-token embeddings (paper §2.1)
+# ν = 3σ: the paper's σ is the std of token embeddings over text (App. B.1); the official code's
+# (and ours) the std of the known facts' subject-token embeddings.
+NOISE_MULTIPLIER = 3.0
 
 
 # ----------------------------------------------------------------------------------------------
