@@ -35,9 +35,11 @@ from typing import Sequence
 import torch
 from tqdm import tqdm  # text bars: no widget output in committed notebooks
 
+from .errors import CorpusNotAvailableError
 from .hooks import trace
 from .data import WIKI_LEADS, DataNotAvailableError, load_wiki_leads
 from .models import LoadedModel, forward_with_cache
+from .paths import cache_root
 
 FORMAT_VERSION = 1
 WIKI_LEADS_CORPUS = "wiki-leads"  # corpus names
@@ -48,19 +50,12 @@ HF_CORPORA = {
 }
 
 
-class CorpusNotAvailableError(RuntimeError):
-    """The text corpus for the statistics cannot be had here (offline, missing file, ...)."""
-
-
 # ----------------------------------------------------------------------------------------------
 # Where the cache lives and what a cache entry is keyed by
 # ----------------------------------------------------------------------------------------------
 def default_cache_dir() -> Path:
     """``$ROME_CACHE/stats`` when ROME_CACHE is set, else ``~/.cache/rome_lib/stats``."""
-    root = os.environ.get("ROME_CACHE")
-    if root:
-        return Path(root) / "stats"
-    return Path.home() / ".cache" / "rome_lib" / "stats"
+    return cache_root() / "stats"
 
 
 def cache_key(model_name: str, layer: int, corpus_id: str, n_samples: int, max_length: int,
