@@ -36,6 +36,7 @@ import torch
 from tqdm import tqdm  # text bars: no widget output in committed notebooks
 
 from .errors import CorpusNotAvailableError
+from .estimate import cov_tokens, warn_if_long
 from .hooks import trace
 from .data import WIKI_LEADS, DataNotAvailableError, load_wiki_leads
 from .models import LoadedModel, forward_with_cache
@@ -301,6 +302,12 @@ def layer_stats(
         cached = load_stats(path, key)
         if cached is not None:
             return cached
+    if progress:  # a long first computation says so before it starts (C is cached after it)
+        warn_if_long(mt, f"Computing C at layer {layer} from {n_texts:,} texts (once; cached after)",
+                     2 * n_texts * n_tokens if sampled else cov_tokens(texts, max_length),
+                     "fewer texts (n_samples), a smaller corpus, or a GPU",
+                     layers=None if sampled else layer + 1,
+                     calls=n_tokens * -(-n_texts // 64) if sampled else -(-n_texts // batch_size))
     if sampled:
         texts = sample_corpus(mt, n_texts, n_tokens, progress=progress)
     mom2, count = compute_mom2(mt, layer, texts, batch_size=batch_size, max_length=max_length,
