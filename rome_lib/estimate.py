@@ -84,8 +84,9 @@ def announce(what: str, seconds: float | None, cheaper: str, *, threshold: float
     stdout stays clean for ``--json``); whether it printed."""
     if seconds is None or seconds <= threshold:
         return False
+    threads = torch.get_num_threads()
     print(f"{what} will take about {format_seconds(seconds)} on this CPU "
-          f"({torch.get_num_threads()} threads; a rough forecast). Cheaper: {cheaper}.",
+          f"({threads} thread{'s' * (threads > 1)}; a rough forecast). Cheaper: {cheaper}.",
           file=file or sys.stderr, flush=True)
     return True
 
