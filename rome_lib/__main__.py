@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from tqdm import tqdm
 
 from .errors import CorpusNotAvailableError, RomeError
 from .estimate import aie_tokens, edit_tokens, warn_if_long
@@ -54,8 +55,11 @@ def cmd_trace(args) -> dict:
     kinds = KINDS if args.kind == "all" else (args.kind,)
     warn_if_long(mt, "This trace", aie_tokens(mt, [fact], args.samples, len(kinds)),
                  "fewer noise draws (--samples), one --kind, or a GPU (--device cuda)")
-    results = trace_all(mt, fact["prompt"], fact["subject"], kinds, samples=args.samples,
-                        noise=args.noise, window=args.window)
+    results: dict = {}
+    for kind in tqdm(kinds, desc="causal tracing", unit="kind", delay=2, disable=len(kinds) == 1):
+        answer = {"answer_id": next(iter(results.values())).answer_id} if results else {}
+        results |= trace_all(mt, fact["prompt"], fact["subject"], (kind,), samples=args.samples,
+                             noise=args.noise, window=args.window, **answer)
     if args.plot:
         from .plotting import plot_traces, use_file_backend
 
