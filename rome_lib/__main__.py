@@ -221,7 +221,7 @@ def cmd_evaluate(args) -> dict:
     _key_statistics(mt, hparams)
     per_record = (0 if hparams is None else edit_tokens()) + 20 * 15  # the edit, then ~20 scored prompts
     if args.dataset != "zsre" and not args.no_generation:
-        per_record += 2 * len(records[0].get("generation_prompts", [])) * 100  # ~100 sampled tokens each
+        per_record += 2 * len(next(iter(records), {}).get("generation_prompts", [])) * 100  # ~100 tokens each
     warn_if_long(mt, f"Evaluating {args.method} on {len(records)} records", per_record * len(records),
                  "fewer records (--n), --no-generation, or a GPU (--device cuda)")
     if args.dataset == "zsre":
