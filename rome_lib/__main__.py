@@ -228,7 +228,8 @@ def cmd_evaluate(args) -> dict:
         from .zsre import evaluate_zsre, zsre_cases
 
         edit_fn = None if args.method == "none" else _edit_fn(args.method, hparams)
-        summary = evaluate_zsre(mt, zsre_cases(records, mt.tokenizer), edit_fn)["summary"]
+        cases = tqdm(zsre_cases(records, mt.tokenizer), desc=f"evaluate zsRE ({args.method})")
+        summary = evaluate_zsre(mt, cases, edit_fn)["summary"]
         out = {"method": args.method, "dataset": "zsre",
                **{k: (100 * v if k != "n" else v) for k, v in summary.items()}}
     else:
@@ -255,6 +256,8 @@ def cmd_bench(args) -> dict:
 
     mt = _model(args)
     fact = _first_fact(mt) if args.prompt is None else {"prompt": args.prompt, "subject": args.subject}
+    warn_if_long(mt, "The benchmark (batched and per-cell traces, 3 kinds)",
+                 2 * aie_tokens(mt, [fact], args.samples + 1), "fewer noise draws (--samples) or a GPU")
     out = {"model": args.model, "device": str(mt.device),
            "trace": bench_trace(mt, fact["prompt"], fact["subject"], samples=args.samples)}
     if mt.data_file("counterfact.json"):
