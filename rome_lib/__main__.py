@@ -24,7 +24,7 @@ import transformers
 from tqdm import tqdm
 
 from .errors import CorpusNotAvailableError, RomeError
-from .estimate import aie_tokens, edit_tokens, warn_if_long
+from .estimate import aie_tokens, announcements_to, edit_tokens, warn_if_long
 from .hparams import FTHyperParams, ROMEHyperParams
 from .models import load_model
 from .real_models import add_models_parser
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     transformers.logging.disable_progress_bar()
     started = time.perf_counter()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), announcements_to(sys.stderr):
             warnings.showwarning = _one_line
             out = args.run(args)
     except USER_ERRORS as error:

@@ -30,8 +30,9 @@ devices the forecast is None and nothing is printed.
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from typing import TextIO
+from typing import Iterator, TextIO
 
 import torch
 from torch import nn
@@ -41,6 +42,18 @@ THREAD_EXPONENT = 0.7  # rate × threads ** 0.7 (ours, unmeasured)
 CALL_S = 0.05  # seconds of overhead per model call (see the module docstring)
 LONG_S = 60.0  # announce computations longer than this
 CHARS_PER_TOKEN = 4  # English BPE, rough (ours)
+_STREAM: list[TextIO] = []  # where announcements go when no file is given (empty: stdout)
+
+
+@contextlib.contextmanager
+def announcements_to(stream: TextIO) -> Iterator[None]:
+    """Send announcements to ``stream`` inside the block (the command line: stderr, so that stdout
+    stays one JSON object); elsewhere they go to stdout, where a notebook keeps them as text."""
+    _STREAM.append(stream)
+    try:
+        yield
+    finally:
+        _STREAM.pop()
 
 
 def block_params(model: nn.Module, layers: int | None = None) -> int:
@@ -80,14 +93,14 @@ def format_seconds(seconds: float) -> str:
 def announce(what: str, seconds: float | None, cheaper: str, *, threshold: float = LONG_S,
              file: TextIO | None = None) -> bool:
     """Print one line "<what> will take about <t> on this CPU; cheaper: <cheaper>" when the
-    forecast exceeds ``threshold`` seconds (to ``file``, default stderr, beside the progress bars:
-    stdout stays clean for ``--json``); whether it printed."""
+    forecast exceeds ``threshold`` seconds (to ``file``, default stdout or the stream set by
+    :func:`announcements_to`); whether it printed."""
     if seconds is None or seconds <= threshold:
         return False
     threads = torch.get_num_threads()
     print(f"{what} will take about {format_seconds(seconds)} on this CPU "
           f"({threads} thread{'s' * (threads > 1)}; a rough forecast). Cheaper: {cheaper}.",
-          file=file or sys.stderr, flush=True)
+          file=file or (_STREAM[-1] if _STREAM else sys.stdout), flush=True)
     return True
 
 
@@ -125,5 +138,5 @@ def edit_tokens(n_steps: int = 20, n_prompts: int = 22, prompt_tokens: int = 15)
     return 3 * n_steps * n_prompts * prompt_tokens
 
 
-__all__ = ["CPU_RATE", "LONG_S", "block_params", "estimate_seconds", "format_seconds", "announce",
+__all__ = ["CPU_RATE", "LONG_S", "announcements_to", "block_params", "estimate_seconds", "format_seconds", "announce",
            "warn_if_long", "aie_tokens", "cov_tokens", "edit_tokens"]

@@ -172,3 +172,12 @@ def test_a_gguf_whose_sha256_differs_is_refused_in_one_line(capsys, tmp_path, mo
     captured = capsys.readouterr()
     one_line_error(code, captured.out, captured.err, "Checksum mismatch")
     assert not (tmp_path / "cache" / "models" / "smollm2").exists()
+
+
+def test_a_long_step_is_announced_on_stderr_and_json_stays_clean(capsys, model_dir, monkeypatch):
+    from rome_lib import estimate
+
+    monkeypatch.setattr(estimate, "CPU_RATE", 1.0)  # as if this CPU were very slow
+    code, out, err = run(capsys, "aie", "--model", model_dir, "--n", "1", "--samples", "2", "--json")
+    assert code == 0 and json.loads(out)["n"] == 1
+    assert "AIE over 1 facts will take about" in err and "Cheaper: fewer facts (--n)" in err

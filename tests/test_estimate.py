@@ -1,7 +1,8 @@
 """Forecasts of long computations: parameter count × tokens × passes, announced only when long."""
 
+import sys
+
 import pytest
-import torch
 
 from rome_lib import estimate
 from rome_lib.covariance import layer_stats
@@ -26,14 +27,17 @@ def test_announce_prints_one_line_only_when_long(capsys):
     assert not estimate.announce("A quick loop", 10.0, "nothing")
     assert not estimate.announce("On a GPU", None, "nothing")
     assert estimate.announce("AIE over 100 facts", 1500.0, "fewer facts (--n)")
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "about 25 min" in err and "Cheaper: fewer facts (--n)." in err
+    out = capsys.readouterr().out  # stdout: a notebook keeps it as text, apart from the bars
+    assert out.count("\n") == 1 and "about 25 min" in out and "Cheaper: fewer facts (--n)." in out
+    with estimate.announcements_to(sys.stderr):  # the command line keeps stdout for --json
+        estimate.announce("AIE over 100 facts", 1500.0, "fewer facts (--n)")
+    assert capsys.readouterr().err.count("\n") == 1
 
 
 def test_a_long_first_computation_of_c_is_announced(tiny_gpt2, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(estimate, "CPU_RATE", 1.0)  # as if this CPU were very slow
     texts = ["Michael Jordan plays the sport of basketball."] * 4
     layer_stats(tiny_gpt2, 1, texts, cache_dir=tmp_path)
-    assert "Computing C at layer 1 from 4 texts" in capsys.readouterr().err
+    assert "Computing C at layer 1 from 4 texts" in capsys.readouterr().out
     layer_stats(tiny_gpt2, 1, texts, cache_dir=tmp_path)  # cached now: nothing to announce
-    assert "Computing C" not in capsys.readouterr().err
+    assert "Computing C" not in capsys.readouterr().out
