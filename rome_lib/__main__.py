@@ -1,28 +1,43 @@
 """Command line: ``python -m rome_lib {trace,aie,edit,evaluate,bench,models} --model toy ...``.
 
-``--json`` prints one JSON object for scripts.
+``--json`` prints one JSON object for scripts; progress bars, forecasts of long steps and warnings
+go to stderr.
 
-Bad input (unknown model, a subject not in the prompt, ...) exits with status 2 and one line on
-stderr, never a traceback.
+Bad input (unknown model, a subject not in the prompt, a layer out of range, ...) and missing
+resources (no corpus for C, a file whose checksum differs, ...) exit with status 2 and one line on
+stderr, never a traceback: every such error is a :class:`~rome_lib.errors.RomeError` (or a
+ValueError / KeyError / IndexError / OSError raised for bad input).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
+import warnings
+from pathlib import Path
 
 import torch
 import transformers
+from tqdm import tqdm
 
-from .models import ModelNotAvailableError, load_model
+from .errors import CorpusNotAvailableError, RomeError
+from .estimate import aie_tokens, announcements_to, edit_tokens, warn_if_long
+from .hparams import FTHyperParams, ROMEHyperParams
+from .models import load_model
 from .real_models import add_models_parser
 from .tracing import KINDS, average_indirect_effects, known_facts, trace_all, trace_json
 
 
 def _model(args):
-    return load_model(args.model, tokenizer=args.tokenizer, device=args.device)
+    folder = Path(args.model).expanduser()
+    if args.model.startswith(("/", ".", "~")) and not folder.is_dir():  # a path, not a hub id
+        raise FileNotFoundError(f"--model {args.model}: no such folder (a save_pretrained folder, "
+                                "a hub id such as gpt2, or toy).")
+    return load_model(str(folder) if folder.is_dir() else args.model, tokenizer=args.tokenizer,
+                      device=args.device)
 
 
 def _first_fact(mt) -> dict:
@@ -38,8 +53,13 @@ def cmd_trace(args) -> dict:
         raise ValueError("Give both --prompt and --subject, or neither (to trace the first known fact).")
     fact = {"prompt": args.prompt, "subject": args.subject} if args.prompt else _first_fact(mt)
     kinds = KINDS if args.kind == "all" else (args.kind,)
-    results = trace_all(mt, fact["prompt"], fact["subject"], kinds, samples=args.samples,
-                        noise=args.noise, window=args.window)
+    warn_if_long(mt, "This trace", aie_tokens(mt, [fact], args.samples, len(kinds)),
+                 "fewer noise draws (--samples), one --kind, or a GPU (--device cuda)")
+    results: dict = {}
+    for kind in tqdm(kinds, desc="causal tracing", unit="kind", delay=2, disable=len(kinds) == 1):
+        answer = {"answer_id": next(iter(results.values())).answer_id} if results else {}
+        results |= trace_all(mt, fact["prompt"], fact["subject"], (kind,), samples=args.samples,
+                             noise=args.noise, window=args.window, **answer)
     if args.plot:
         from .plotting import plot_traces, use_file_backend
 
@@ -56,10 +76,14 @@ def cmd_trace(args) -> dict:
 
 
 def cmd_aie(args) -> dict:
+    if args.n < 1:
+        raise ValueError(f"--n {args.n}: n must be ≥ 1 (the number of known facts to average over).")
     mt = _model(args)
     facts = known_facts(mt)[: args.n]
     if not facts:
         raise ValueError(f"{mt.name!r} has no known-facts set to average over.")
+    warn_if_long(mt, f"AIE over {len(facts)} facts", aie_tokens(mt, facts, args.samples),
+                 "fewer facts (--n), fewer noise draws (--samples), or a GPU (--device cuda)")
     result = average_indirect_effects(mt, facts, samples=args.samples, noise=args.noise,
                                       window=args.window, sever=args.sever)
     if args.plot:
@@ -116,11 +140,46 @@ def _predict(mt, prompt: str, new: str, true: str) -> dict:
     return {"p_new": p_new, "p_true": p_true, "argmax": mt.tokenizer.decode([argmax])}
 
 
+def _hparams(args, mt, method: str = "rome") -> ROMEHyperParams | FTHyperParams | None:
+    """The method's preset for ``mt`` with ``--layer`` and ``--corpus`` applied (None: no edit)."""
+    if args.layer is not None and not 0 <= args.layer < mt.n_layer:
+        raise ValueError(f"--layer {args.layer} is out of range: {mt.name!r} has layers 0-{mt.n_layer - 1}.")
+    if method == "none":
+        return None
+    if method in ("ft", "ft-l"):
+        if args.corpus is not None:
+            raise ValueError(f"--corpus sets ROME's key statistics C; {method} does not use C.")
+        hp = FTHyperParams.for_model(mt.name, method == "ft-l", mt.n_layer)
+        return hp if args.layer is None else dataclasses.replace(hp, layer=args.layer)
+    hp = ROMEHyperParams.for_model(mt.name, mt.n_layer)
+    if args.layer is not None:
+        hp = dataclasses.replace(hp, layer=args.layer)
+    if args.corpus is not None:  # "sampled": the default 2,000 texts, not the preset's 100,000
+        hp = dataclasses.replace(hp, mom2_corpus=args.corpus,
+                                 mom2_n_samples=None if args.corpus == "sampled" else hp.mom2_n_samples)
+    if hp.mom2_adjustment and hp.mom2_corpus is None and mt.name != "toy":
+        raise CorpusNotAvailableError(
+            f"{mt.name!r} has no preset corpus for ROME's key statistics C: give one with --corpus "
+            "wiki-leads (Wikipedia leads, offline), --corpus sampled (texts the model samples), "
+            "--corpus PATH (a text file, one document per line) or --corpus wikitext (network).")
+    return hp
+
+
+def _key_statistics(mt, hparams) -> None:
+    """Compute (or read from the cache) ROME's C before the edit, with a forecast and a progress bar,
+    so that the edit's timing is the edit's own; later calls find C in memory."""
+    from .rome import get_cov
+
+    if isinstance(hparams, ROMEHyperParams):
+        get_cov(mt, hparams, progress=True)
+
+
 def cmd_edit(args) -> dict:
     from .evaluation import generate
     from .rome import apply_rome, normalize_request
 
     mt = _model(args)
+    hparams = _hparams(args, mt)
     request, true = _request(args, mt)
     request = normalize_request(request)
     prompt = request["prompt"].format(request["subject"])
@@ -133,8 +192,9 @@ def cmd_edit(args) -> dict:
     out = {"request": request, "pre": _predict(mt, prompt, new, true)}
     if args.generate:
         out["generations_pre"] = generate(mt, gen_prompts, 40, seed=0)
+    _key_statistics(mt, hparams)
     started = time.perf_counter()
-    edit = apply_rome(mt, request)
+    edit = apply_rome(mt, request, hparams)
     out["edit_seconds"] = round(time.perf_counter() - started, 3)
     out["layer"] = edit.layer
     out["post"] = _predict(mt, prompt, new, true)
@@ -144,7 +204,7 @@ def cmd_edit(args) -> dict:
     if not args.json:
         pre, post = out["pre"], out["post"]
         print(f"{prompt!r}: {true.strip()!r} -> {new!r} (ROME at layer {edit.layer}, "
-              f"{out['edit_seconds']:.1f}s)")
+              f"{out['edit_seconds']:.1f}s with C ready)")
         print(f"  before: P(new) {pre['p_new']:.3f}  P(true) {pre['p_true']:.3f}  argmax {pre['argmax']!r}")
         print(f"  after:  P(new) {post['p_new']:.3f}  P(true) {post['p_true']:.3f}  argmax {post['argmax']!r}")
         for a, b in zip(out.get("generations_pre", []), out.get("generations_post", [])):
@@ -153,32 +213,42 @@ def cmd_edit(args) -> dict:
 
 
 def cmd_evaluate(args) -> dict:
+    if args.n is not None and args.n < 1:
+        raise ValueError(f"--n {args.n}: n must be ≥ 1 (the number of records).")
     mt = _model(args)
+    hparams = _hparams(args, mt, args.method)
     records = _records(mt, args.dataset, args.n)
+    _key_statistics(mt, hparams)
+    per_record = (0 if hparams is None else edit_tokens()) + 20 * 15  # the edit, then ~20 scored prompts
+    if args.dataset != "zsre" and not args.no_generation:
+        per_record += 2 * len(next(iter(records), {}).get("generation_prompts", [])) * 100  # ~100 tokens each
+    warn_if_long(mt, f"Evaluating {args.method} on {len(records)} records", per_record * len(records),
+                 "fewer records (--n), --no-generation, or a GPU (--device cuda)")
     if args.dataset == "zsre":
         from .zsre import evaluate_zsre, zsre_cases
 
-        edit_fn = None if args.method == "none" else _edit_fn(args.method)
-        summary = evaluate_zsre(mt, zsre_cases(records, mt.tokenizer), edit_fn)["summary"]
+        edit_fn = None if args.method == "none" else _edit_fn(args.method, hparams)
+        cases = tqdm(zsre_cases(records, mt.tokenizer), desc=f"evaluate zsRE ({args.method})")
+        summary = evaluate_zsre(mt, cases, edit_fn)["summary"]
         out = {"method": args.method, "dataset": "zsre",
                **{k: (100 * v if k != "n" else v) for k, v in summary.items()}}
     else:
         from .evaluation import evaluate
 
-        out = {"dataset": args.dataset,
-               **evaluate(mt, records, args.method, generation=not args.no_generation)}
+        out = {"dataset": args.dataset, **evaluate(mt, records, args.method, hparams=hparams,
+                                                   generation=not args.no_generation)}
     if not args.json:
         print(", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in out.items()))
     return out
 
 
-def _edit_fn(method: str):
+def _edit_fn(method: str, hparams):
     from .baselines import apply_ft
     from .rome import apply_rome
 
     if method == "rome":
-        return apply_rome
-    return lambda mt, request: apply_ft(mt, request, constrained=(method == "ft-l"))
+        return lambda mt, request: apply_rome(mt, request, hparams)
+    return lambda mt, request: apply_ft(mt, request, hparams, constrained=(method == "ft-l"))
 
 
 def cmd_bench(args) -> dict:
@@ -186,6 +256,8 @@ def cmd_bench(args) -> dict:
 
     mt = _model(args)
     fact = _first_fact(mt) if args.prompt is None else {"prompt": args.prompt, "subject": args.subject}
+    warn_if_long(mt, "The benchmark (batched and per-cell traces, 3 kinds)",
+                 2 * aie_tokens(mt, [fact], args.samples + 1), "fewer noise draws (--samples) or a GPU")
     out = {"model": args.model, "device": str(mt.device),
            "trace": bench_trace(mt, fact["prompt"], fact["subject"], samples=args.samples)}
     if mt.data_file("counterfact.json"):
@@ -201,8 +273,24 @@ def cmd_bench(args) -> dict:
     return out
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``error: ...`` and exit 2), like the rest of the command line."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def _edit_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``edit`` and ``evaluate``: what the editing method is run with."""
+    p.add_argument("--layer", type=int, default=None,
+                   help="the layer whose MLP is rewritten (default: the model's preset)")
+    p.add_argument("--corpus", default=None,
+                   help="text for ROME's key statistics C: wiki-leads, sampled, toy, wikitext, "
+                        "wikipedia or a text file (default: the model's preset)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m rome_lib", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="python -m rome_lib", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p):
@@ -237,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subject")
     p.add_argument("--target", help="the new object")
     p.add_argument("--generate", action="store_true", help="also generate text before and after")
+    _edit_options(p)
     p.set_defaults(run=cmd_edit)
 
     p = sub.add_parser("evaluate", help="CounterFact / zsRE metrics of an editing method")
@@ -246,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="toy: the model's own set; counterfact/zsre: the official files")
     p.add_argument("--n", type=int, default=None, help="first N records (default all)")
     p.add_argument("--no-generation", action="store_true", help="skip GE/RS (faster)")
+    _edit_options(p)
     p.set_defaults(run=cmd_evaluate)
 
     p = sub.add_parser("bench", help="batched vs per-cell tracing (and editing) speed")
@@ -257,16 +347,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+USER_ERRORS = (RomeError, ValueError, KeyError, IndexError, OSError)  # one line each, exit 2
+
+
+def _one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line on stderr (no source line, no file name)."""
+    print(f"warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help (0) or a usage error (2, already printed in one line)
+        return int(stop.code or 0)
     transformers.logging.set_verbosity_error()  # keep stderr for our one-line errors
     transformers.logging.disable_progress_bar()
     started = time.perf_counter()
     try:
-        out = args.run(args)
-    except (ValueError, KeyError, IndexError, ModelNotAvailableError, FileNotFoundError) as error:
-        message = error.args[0] if error.args else str(error)
-        print(f"error: {message}", file=sys.stderr)
+        with warnings.catch_warnings(), announcements_to(sys.stderr):
+            warnings.showwarning = _one_line
+            out = args.run(args)
+    except USER_ERRORS as error:
+        message = error.args[0] if error.args and isinstance(error.args[0], str) else str(error)
+        print(f"error: {' '.join(message.split())}", file=sys.stderr)
         return 2
     if args.json:
         out.setdefault("seconds", round(time.perf_counter() - started, 3))

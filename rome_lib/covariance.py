@@ -35,9 +35,12 @@ from typing import Sequence
 import torch
 from tqdm import tqdm  # text bars: no widget output in committed notebooks
 
+from .errors import CorpusNotAvailableError
+from .estimate import cov_tokens, warn_if_long
 from .hooks import trace
 from .data import WIKI_LEADS, DataNotAvailableError, load_wiki_leads
 from .models import LoadedModel, forward_with_cache
+from .paths import cache_root
 
 FORMAT_VERSION = 1
 WIKI_LEADS_CORPUS = "wiki-leads"  # corpus names
@@ -48,19 +51,12 @@ HF_CORPORA = {
 }
 
 
-class CorpusNotAvailableError(RuntimeError):
-    """The text corpus for the statistics cannot be had here (offline, missing file, ...)."""
-
-
 # ----------------------------------------------------------------------------------------------
 # Where the cache lives and what a cache entry is keyed by
 # ----------------------------------------------------------------------------------------------
 def default_cache_dir() -> Path:
     """``$ROME_CACHE/stats`` when ROME_CACHE is set, else ``~/.cache/rome_lib/stats``."""
-    root = os.environ.get("ROME_CACHE")
-    if root:
-        return Path(root) / "stats"
-    return Path.home() / ".cache" / "rome_lib" / "stats"
+    return cache_root() / "stats"
 
 
 def cache_key(model_name: str, layer: int, corpus_id: str, n_samples: int, max_length: int,
@@ -306,6 +302,12 @@ def layer_stats(
         cached = load_stats(path, key)
         if cached is not None:
             return cached
+    if progress:  # a long first computation says so before it starts (C is cached after it)
+        warn_if_long(mt, f"Computing C at layer {layer} from {n_texts:,} texts (once; cached after)",
+                     2 * n_texts * n_tokens if sampled else cov_tokens(texts, max_length),
+                     "fewer texts (n_samples), a smaller corpus, or a GPU",
+                     layers=None if sampled else layer + 1,
+                     calls=n_tokens * -(-n_texts // 64) if sampled else -(-n_texts // batch_size))
     if sampled:
         texts = sample_corpus(mt, n_texts, n_tokens, progress=progress)
     mom2, count = compute_mom2(mt, layer, texts, batch_size=batch_size, max_length=max_length,

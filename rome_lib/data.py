@@ -39,13 +39,12 @@ from pathlib import Path
 
 from tqdm import tqdm  # text bars: no widget output in committed notebooks
 
+from .errors import DataNotAvailableError
+from .paths import TOY_DIR, cache_root
+
 REMOTE_ROOT_URL = "https://rome.baulab.info"
 DATA_URL = f"{REMOTE_ROOT_URL}/data/dsets"
-TOY_FACTS = Path(__file__).parent / "toyworld" / "assets" / "known_facts.json"
-
-
-class DataNotAvailableError(RuntimeError):
-    """An official data file is not in the cache and cannot be downloaded (or is corrupt)."""
+TOY_FACTS = TOY_DIR / "known_facts.json"
 
 
 @dataclass(frozen=True)
@@ -76,8 +75,7 @@ _WARNED: set[str] = set()
 
 def data_dir() -> Path:
     """``$ROME_CACHE/data`` when ROME_CACHE is set, else ``~/.cache/rome_lib/data``."""
-    root = os.environ.get("ROME_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "rome_lib") / "data"
+    return cache_root() / "data"
 
 
 def sha256_of(path: str | Path) -> str:

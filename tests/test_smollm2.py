@@ -2,7 +2,8 @@
 
 Runs only when the converted model is there (``python -m rome_lib models fetch smollm2``; see
 :mod:`rome_lib.real_models`), else skips with that command. Kept to about two minutes on two CPU
-cores: short prompts, few noise draws, one kind for the per-cell reference. Select with ``-m real``.
+cores without the small AIE (marked ``slow``, several minutes): short prompts, few noise draws, one
+kind for the per-cell reference. Select with ``-m real`` (all of them, the AIE included).
 """
 
 from __future__ import annotations
@@ -90,9 +91,10 @@ def test_batched_equals_per_cell_reference(smollm2):
     assert batched.scores.max() - batched.scores.min() > 1e-3  # the comparison can fail
 
 
+@pytest.mark.slow  # ~4,500 traced rows through 135 M parameters: minutes on two CPU cores
 def test_smoke_aie_mlp_at_the_last_subject_token_is_positive(smollm2, facts):
     """10 short known facts, MLP windows, 3 noise draws: the paper's early site shows up as a
-    positive average effect of the MLPs at the last subject token."""
+    positive average effect of the MLPs at the last subject token. Select with ``-m real``."""
     short = sorted(facts, key=lambda f: len(smollm2.tokenizer(f["prompt"])["input_ids"]))[:10]
     result = average_indirect_effects(smollm2, short, ["mlp"], samples=3, progress=False)
     last_subject = result.kinds["mlp"][BUCKETS.index("last_subject")]

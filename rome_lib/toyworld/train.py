@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from rome_lib.paths import TOY_DIR as ASSETS
 from rome_lib.toyworld.world import World, WorldConfig, build_world
 
-ASSETS = Path(__file__).parent / "assets"
 EOS = "<|endoftext|>"
 
 
