@@ -1,7 +1,11 @@
 """Checks for the exercises: ``check_xxx(fn)`` prints "✓ passed" or a specific hint.
 
-One re-export per line, so that each exercise module can add its own.
+One re-export per line, so that each exercise module can add its own. Every verdict is also
+recorded as a :class:`CheckResult` (``last_result()``), which ``python -m rome_lib.checks grade``
+reads to grade notebooks.
 """
+
+from .verdict import CheckResult, last_result  # noqa: F401
 
 from .tracing import check_buckets  # noqa: F401
 from .tracing import check_corrupt  # noqa: F401
