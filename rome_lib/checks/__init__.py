@@ -19,3 +19,7 @@ from .editing import check_neighborhood  # noqa: F401
 from .editing import check_rank_one_update  # noqa: F401
 from .editing import check_undo  # noqa: F401
 from .editing import check_v_loss  # noqa: F401
+from .analysis import check_choose_layers  # noqa: F401
+from .analysis import check_ps_ns  # noqa: F401
+from .analysis import check_severed_share  # noqa: F401
+from .analysis import check_subject_lengths  # noqa: F401
