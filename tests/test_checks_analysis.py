@@ -60,3 +60,12 @@ def test_correct_answers_pass(capsys, mt, check, fn, needs_model):
 def test_mistakes_get_hints(capsys, mt, check, fn, needs_model, hint):
     ok, out = verdict(capsys, check, fn, *((mt,) if needs_model else ()))
     assert not ok and hint in out, out
+
+
+@pytest.mark.parametrize("check, needs_model", [
+    (checks.check_ps_ns, True), (checks.check_choose_layers, False),
+    (checks.check_severed_share, False), (checks.check_subject_lengths, True)])
+@pytest.mark.parametrize("returned", [None, 3, "x", [1.0], {1: 2}])
+def test_analysis_checks_never_raise(capsys, mt, check, needs_model, returned):
+    ok, out = verdict(capsys, check, lambda *a: returned, *((mt,) if needs_model else ()))
+    assert not ok, out
