@@ -12,7 +12,7 @@ TORCH_INDEX ?=
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: install lab test test-fast clean
+.PHONY: install lab test test-fast clean slides
 
 install: $(STAMP)
 
@@ -38,6 +38,10 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow" -q -p no:cacheprovider tests
+
+# reveal.js slides from the lessons, one deck per lesson in slides/ (headings start slides)
+slides: install
+	$(BIN)/python scripts/make_slides.py lessons/*.ipynb --out slides
 
 clean:
 	rm -rf $(VENV)

@@ -2,7 +2,8 @@
 
 In every code cell, the lines between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` become
 ``raise NotImplementedError(...)`` at the same indentation (nbgrader-compatible markers); outputs
-and execution counts are cleared, so the learner starts from a clean notebook.
+and execution counts are cleared, so the learner starts from a clean notebook. Cells tagged
+``answer-key`` (an instructor's answer to a question without a computable answer) are left out.
 
     python scripts/make_exercises.py          # write exercises/
     python scripts/make_exercises.py --check  # exit 1 if exercises/ is out of date
@@ -18,6 +19,7 @@ import nbformat
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+ANSWER_KEY = "answer-key"  # cells with this tag (the instructor's answers) stay in solutions/ only
 STUB = 'raise NotImplementedError("Your code here: see the instructions above.")'
 
 
@@ -44,6 +46,7 @@ def strip_solution(source: str) -> str:
 
 def make_exercise(solution: nbformat.NotebookNode) -> nbformat.NotebookNode:
     notebook = nbformat.from_dict(solution)
+    notebook.cells = [c for c in notebook.cells if ANSWER_KEY not in c.get("metadata", {}).get("tags", [])]
     for cell in notebook.cells:
         if cell.cell_type == "code":
             cell.source = strip_solution(cell.source)

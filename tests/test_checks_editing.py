@@ -64,7 +64,7 @@ def test_check_compute_k_bare_prompt_only(mt, capsys):
 
 # ---- exercise 2: the v* loss ------------------------------------------------------------------
 def v_loss(mt, prompt, subject, target, layer, delta, templates, kl_factor=0.0625, *, space=True,
-           kl="forward", everywhere=False):
+           kl="forward", everywhere=False, reduce="mean", per_template=False):
     target = " " + target.strip() if space else target.strip()
     tgt = mt.tokenizer(target, add_special_tokens=False)["input_ids"]
     name = mt.layout.mlp_out_at(layer)
@@ -87,7 +87,8 @@ def v_loss(mt, prompt, subject, target, layer, delta, templates, kl_factor=0.062
         with trace(mt.model, name, edit_output=add_at(last), detach=False):
             logits = mt.model(torch.tensor([ids + tgt])).logits[0]
         logp = torch.log_softmax(logits[len(ids) - 1:len(ids) - 1 + len(tgt)], -1)
-        nlls.append(-logp[torch.arange(len(tgt)), torch.tensor(tgt)].mean())
+        picked = logp[torch.arange(len(tgt)), torch.tensor(tgt)]
+        nlls.append(-{"mean": picked.mean(), "sum": picked.sum(), "first": picked[0]}[reduce])
     text, a, b = fill("{}", "{} is a", subject)
     _, last = span(mt, text, a, b)
     ids = torch.tensor([mt.tokenizer(text)["input_ids"]])
@@ -101,10 +102,20 @@ def v_loss(mt, prompt, subject, target, layer, delta, templates, kl_factor=0.062
         div = F.kl_div(orig, edit, log_target=True, reduction="sum")
     else:
         div = torch.zeros(())
+    if per_template:  # mistake: one loss per template
+        return torch.stack(nlls) + kl_factor * div
     return torch.stack(nlls).mean() + kl_factor * div
 
 
+def test_v_loss_case_has_a_multi_token_target(mt):
+    from rome_lib.rome import target_ids
+    assert len(target_ids(mt, " " + ce._target(ce._records(mt)[0]))) >= 3
+
+
 @pytest.mark.parametrize("kwargs, hint", [
+    (dict(reduce="sum"), "summed the token log-probabilities"),
+    (dict(reduce="first"), "only the target's first token"),
+    (dict(per_template=True), "one value per template"),
     (dict(space=False), "no leading space"),
     (dict(kl="reverse"), "KL is the wrong way round"),
     (dict(kl="none"), "KL term is missing"),
@@ -187,37 +198,101 @@ def test_check_rank_one_update_in_place(capsys):
 
 
 # ---- exercises 4 and 5: efficacy and neighbourhood --------------------------------------------
-def p_of(mt, prompts, obj, space=True):
+def p_of(mt, prompts, obj, space=True, how="mean"):
+    """P[obj | prompt]: the reference (mean token NLL) and the usual mistakes."""
     obj = " " + obj.strip() if space else obj.strip()
-    return object_probs(mt, prompts, [obj] * len(prompts))
+    tokens = mt.tokenizer(obj, add_special_tokens=False)["input_ids"]
+    if how == "first":
+        obj = mt.tokenizer.decode(tokens[:1])
+    p = object_probs(mt, prompts, [obj] * len(prompts))
+    return p ** len(tokens) if how == "product" else p
 
 
-def efficacy(mt, record, *, flip=False, space=True):
+def p_by_hand(mt, prompts, obj):
+    """Correct, written out: teacher-force ' ' + obj, mean of its tokens' log-probs, exp."""
+    tgt = mt.tokenizer(" " + obj.strip(), add_special_tokens=False)["input_ids"]
+    out = []
+    for prompt in prompts:
+        ids = mt.tokenizer(prompt)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(mt.model(torch.tensor([ids + tgt])).logits[0].float(), -1)
+        out.append(logp[torch.arange(len(ids) - 1, len(ids) - 1 + len(tgt)), torch.tensor(tgt)].mean().exp())
+    return torch.stack(out)
+
+
+def score(mt, record, group_, *, group=None, flip=False, space=True, how="mean", compare="wins"):
     rw = record["requested_rewrite"]
-    prompt = [rw["prompt"].format(rw["subject"])]
-    new, true = p_of(mt, prompt, rw["target_new"]["str"], space), p_of(mt, prompt, rw["target_true"]["str"], space)
-    return float((true > new) if flip else (new > true))
+    on = group or group_  # the mistake: another group's prompts
+    prompts = ([rw["prompt"].format(rw["subject"])] if on == "rewrite" else record[f"{on}_prompts"])
+    keep_true = (group_ == "neighborhood") != flip
+    win, lose = (rw["target_true"], rw["target_new"]) if keep_true else (rw["target_new"], rw["target_true"])
+    if compare == "top1":
+        first = mt.tokenizer(" " + win["str"].strip(), add_special_tokens=False)["input_ids"][0]
+        hits = [int(mt.model(torch.tensor([mt.tokenizer(p)["input_ids"]])).logits[0, -1].argmax()) == first
+                for p in prompts]
+        return sum(hits) / len(hits)
+    if how == "hand":
+        pw, pl = p_by_hand(mt, prompts, win["str"]), p_by_hand(mt, prompts, lose["str"])
+    else:
+        pw, pl = p_of(mt, prompts, win["str"], space, how), p_of(mt, prompts, lose["str"], space, how)
+    return ((pw - pl) if compare == "margin" else (pw > pl).float()).mean().item()
 
 
-def neighborhood(mt, record, *, flip=False, space=True):
-    rw = record["requested_rewrite"]
-    prompts = record["neighborhood_prompts"]
-    new, true = p_of(mt, prompts, rw["target_new"]["str"], space), p_of(mt, prompts, rw["target_true"]["str"], space)
-    return ((new > true) if flip else (true > new)).float().mean().item()
+def efficacy(mt, record, **mistake):
+    return score(mt, record, "rewrite", **mistake)
 
 
-def test_check_efficacy(mt, capsys):
-    assert verdict(capsys, checks.check_efficacy, efficacy, mt) == (True, ce.PASSED + "\n")
-    ok, out = verdict(capsys, checks.check_efficacy, lambda m, r: efficacy(m, r, flip=True), mt)
-    assert not ok and "Wrong way round" in out and "P[new] > P[true]" in out, out
+def neighborhood(mt, record, **mistake):
+    return score(mt, record, "neighborhood", **mistake)
+
+
+MISTAKES = [
+    (dict(flip=True), "Wrong way round"),
+    (dict(how="product"), "summed the token log-probabilities"),
+    (dict(how="first"), "only the object's first token"),
+    (dict(space=False), "no leading space"),
+    (dict(compare="margin"), "margin"),
+    (dict(compare="top1"), "top-1 accuracy"),
+    (dict(group="paraphrase"), "You scored the paraphrase prompts"),
+]
+
+
+@pytest.mark.parametrize("mistake, hint", MISTAKES)
+@pytest.mark.parametrize("check, fn", [(checks.check_efficacy, efficacy),
+                                       (checks.check_neighborhood, neighborhood)])
+def test_score_checks_name_each_mistake(mt, capsys, check, fn, mistake, hint):
+    ok, out = verdict(capsys, check, lambda m, r: fn(m, r, **mistake), mt)
+    assert not ok and hint in out, out
+
+
+@pytest.mark.parametrize("check, fn", [(checks.check_efficacy, efficacy),
+                                       (checks.check_neighborhood, neighborhood)])
+def test_score_checks_accept_correct_variants(mt, capsys, check, fn):
+    assert verdict(capsys, check, fn, mt) == (True, ce.PASSED + "\n")
+    assert verdict(capsys, check, lambda m, r: fn(m, r, how="hand"), mt)[0]  # written out by hand
+    assert verdict(capsys, check, lambda m, r: torch.tensor(fn(m, r)), mt)[0]  # a 0-d tensor
+
+
+def test_score_cases_are_graded_and_multi_token(mt):
+    from rome_lib.rome import target_ids
+    cases = ce._score_cases(mt, "neighborhood")
+    values = []
+    for case in cases:
+        values.append(case.scores[None])
+    assert any(0 < v < 1 for v in values), values  # NS is a fraction, not only 0 or 1
+    objects = [c.record["requested_rewrite"][k]["str"] for c in cases for k in ("target_new", "target_true")]
+    assert any(len(target_ids(mt, " " + o)) > 1 for o in objects)
+
+
+def test_check_efficacy_percentage(mt, capsys):
     ok, out = verdict(capsys, checks.check_efficacy, lambda m, r: 100 * efficacy(m, r), mt)
     assert not ok and "not a percentage" in out, out
 
 
-def test_check_neighborhood(mt, capsys):
-    assert verdict(capsys, checks.check_neighborhood, neighborhood, mt) == (True, ce.PASSED + "\n")
-    ok, out = verdict(capsys, checks.check_neighborhood, lambda m, r: neighborhood(m, r, flip=True), mt)
-    assert not ok and "Wrong way round" in out and "P[true] > P[new]" in out, out
+@pytest.mark.parametrize("returned", [None, "one", [1.0, 0.0], torch.ones(3)])
+def test_score_checks_never_raise(mt, capsys, returned):
+    ok, out = verdict(capsys, checks.check_neighborhood, lambda m, r: returned, mt)
+    assert not ok and "Return one number" in out, out
 
 
 def test_score_checks_leave_the_model_unchanged(mt, capsys):

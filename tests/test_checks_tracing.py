@@ -239,3 +239,174 @@ def test_trace_hints(capsys, mt, mistake, hint):
 def test_bucket_hints(capsys, mistake, hint):
     ok, out = verdict(capsys, checks.check_buckets, wrong(buckets, **mistake))
     assert not ok and hint in out
+
+
+# ---- correct implementations that group their forward passes differently all pass -------------
+def _draws(mt, prompt, subject, noise, samples, seed):
+    b, e = subject_range(mt.tokenizer, prompt, subject)
+    return b, e, make_noise(samples, e - b, mt.model.get_input_embeddings().weight.shape[1], noise, seed)
+
+
+def corrupted_one_row_per_pass(mt, prompt, subject, answer_id, *, noise, samples=10, seed=1):
+    """Correct: each noise draw in its own forward pass of batch size 1."""
+    ids = mt.tokenizer(prompt, return_tensors="pt")["input_ids"]
+    b, e, draws = _draws(mt, prompt, subject, noise, samples, seed)
+    probs = []
+    for i in range(samples):
+        def add(x, _, i=i):
+            x = x.clone()
+            x[:, b:e] += draws[i]
+            return x
+
+        with torch.no_grad(), hook_trace(mt.model, mt.layout.embed, edit_output=add):
+            probs.append(torch.softmax(mt.model(ids).logits[0, -1].float(), -1)[answer_id])
+    return torch.stack(probs).mean()  # a 0-d tensor is a fine "float"
+
+
+def restore_clean_row_first(mt, prompt, subject, answer_id, token, layer, kind="state", *, noise,
+                            samples=10, seed=1):
+    """Correct, the official code's way: row 0 runs clean in the same batch, its value is copied."""
+    ids = mt.tokenizer(prompt, return_tensors="pt")["input_ids"].repeat(samples + 1, 1)
+    b, e, draws = _draws(mt, prompt, subject, noise, samples, seed)
+    name = mt.layout.module(kind, layer)
+
+    def add(x, _):
+        x = x.clone()
+        x[1:, b:e] += draws
+        return x
+
+    def put(x, _):
+        x = x.clone()
+        x[1:, token] = x[0, token]
+        return x
+
+    with torch.no_grad(), hook_trace(mt.model, mt.layout.embed, edit_output=add), \
+            hook_trace(mt.model, name, edit_output=put):
+        probs = torch.softmax(mt.model(ids).logits[1:, -1].float(), -1)[:, answer_id]
+    return probs.mean().item()
+
+
+def trace_batched(mt, prompt, subject, answer_id, *, noise, samples=10, seed=1, group="token",
+                  skip_before=False):
+    """Correct: many cells per forward pass (all layers of one token, or every cell at once)."""
+    ids = mt.tokenizer(prompt, return_tensors="pt")["input_ids"]
+    n_tokens, n_layer = ids.shape[1], mt.n_layer
+    b, e, draws = _draws(mt, prompt, subject, noise, samples, seed)
+    names = [mt.layout.layer(l) for l in range(n_layer)]
+    with torch.no_grad(), hook_trace(mt.model, names) as rec:
+        mt.model(ids)
+    clean = {n: rec[n].output[0] for n in names}
+    cells = [(t, l) for t in range(n_tokens) for l in range(n_layer)]
+    groups = [cells[i:i + n_layer] for i in range(0, len(cells), n_layer)] if group == "token" else [cells]
+    scores = torch.zeros(n_tokens, n_layer)
+    for cells_ in groups:
+        batch = ids.repeat(len(cells_) * samples, 1)
+
+        def add(x, _):
+            x = x.clone()
+            x[:, b:e] += draws.repeat(len(cells_), 1, 1)
+            return x
+
+        def put(x, name):
+            x = x.clone()
+            for j, (t, l) in enumerate(cells_):
+                if names[l] == name:
+                    x[j * samples:(j + 1) * samples, t] = clean[name][t]
+            return x
+
+        with torch.no_grad(), hook_trace(mt.model, mt.layout.embed, edit_output=add), \
+                hook_trace(mt.model, names, edit_output=put):
+            probs = torch.softmax(mt.model(batch).logits[:, -1].float(), -1)[:, answer_id]
+        for j, (t, l) in enumerate(cells_):
+            scores[t, l] = probs[j * samples:(j + 1) * samples].mean()
+    if skip_before:  # mistake: cells before the subject left at 0
+        scores[:b] = 0
+    return scores
+
+
+@pytest.mark.parametrize("check, fn", [
+    (checks.check_corrupt, corrupted_one_row_per_pass),
+    (checks.check_restore, restore_clean_row_first),
+    (checks.check_trace, trace_batched),
+    (checks.check_trace, wrong(trace_batched, group="all")),
+])
+def test_correct_variants_pass(capsys, mt, check, fn):
+    ok, out = verdict(capsys, check, fn, mt)
+    assert ok, out
+
+
+def test_trace_tests_cells_before_the_subject(capsys, mt):
+    ok, out = verdict(capsys, checks.check_trace, wrong(trace_batched, skip_before=True), mt)
+    assert not ok and "before the subject" in out, out
+
+
+def test_check_cases_cover_every_subject_position(mt):
+    """Subject first, after other words, and right before the last token; multi-token subjects."""
+    where = set()
+    for prompt, subject in ct._cases(mt):
+        b, e = subject_range(mt.tokenizer, prompt, subject)
+        n = len(mt.tokenizer(prompt)["input_ids"])
+        assert e - b >= 2
+        where.add((b == 0, e == n - 1))
+    assert where == {(True, False), (False, False), (False, True)}
+    prompt, subject = ct._cases(mt)[2]
+    assert subject_range(mt.tokenizer, prompt, subject)[0] > 0  # the trace check sees cells before it
+
+
+# ---- buckets: a subject right before the last token, two middle tokens, pooled averages -------
+def buckets_variant(results, *, skip_after_at_end=False, pooled=False):
+    n_layer = results[0].scores.shape[1]
+    sums, counts = torch.zeros(len(BUCKETS), n_layer), torch.zeros(len(BUCKETS))
+
+    def add(i, rows):
+        sums[i] += rows.sum(0)
+        counts[i] += rows.shape[0]
+
+    for r in results:
+        v = r.scores - r.low
+        b, e = r.subject_range
+        last = v.shape[0] - 1
+        add(0, v[b:b + 1])
+        add(2, v[e - 1:e])
+        add(5, v[last:])
+        if not (skip_after_at_end and e == last):
+            add(3, v[e:e + 1])
+        for i, rows in ((1, v[b + 1:e - 1]), (4, v[e + 1:last])):
+            if pooled:
+                add(i, rows)
+            elif rows.shape[0]:
+                add(i, rows.mean(0, keepdim=True))
+    return sums / counts.clamp(min=1)[:, None]
+
+
+def test_bucket_fakes_are_discriminating():
+    layouts = {(r.scores.shape[0], r.subject_range) for r in ct._fake_results()}
+    assert any(e == n - 1 for n, (b, e) in layouts)  # first subsequent token = last token
+    assert any(e - b - 2 >= 2 for n, (b, e) in layouts)  # two middle tokens
+    assert any(b == 0 for n, (b, e) in layouts) and any(b > 0 for n, (b, e) in layouts)
+
+
+@pytest.mark.parametrize("mistake, hint", [
+    (dict(skip_after_at_end=True), "*is* the last token"),
+    (dict(pooled=True), "pooled"),
+])
+def test_bucket_position_hints(capsys, mistake, hint):
+    assert verdict(capsys, checks.check_buckets, buckets_variant)[0]
+    ok, out = verdict(capsys, checks.check_buckets, wrong(buckets_variant, **mistake))
+    assert not ok and hint in out, out
+
+
+# ---- whatever the learner returns, a check prints a hint and never raises ---------------------
+@pytest.mark.parametrize("check", [checks.check_subject_range, checks.check_corrupt,
+                                   checks.check_restore, checks.check_window, checks.check_trace,
+                                   checks.check_buckets])
+@pytest.mark.parametrize("returned", [None, 3, "0.5", [1.0, 2.0], torch.zeros(2, 3), float("nan")])
+def test_checks_never_raise(capsys, mt, check, returned):
+    ok, out = verdict(capsys, check, lambda *a, **k: returned,
+                      *(() if check in (checks.check_window, checks.check_buckets) else (mt,)))
+    assert not ok, out
+
+
+def test_window_hint_for_a_missing_return(capsys):
+    ok, out = verdict(capsys, checks.check_window, lambda *a: None)
+    assert not ok and "forget `return`" in out, out

@@ -39,3 +39,10 @@ def test_exercise_runs_up_to_its_first_stub(path):
                             resources={"metadata": {"path": str(path.parent)}})
     with pytest.raises(CellExecutionError, match="NotImplementedError"):
         client.execute()
+
+
+def test_answer_keys_stay_in_solutions():
+    solution = nbformat.read(ROOT / "solutions" / "04_analysis_exercises.ipynb", as_version=4)
+    keys = [c.source for c in solution.cells if make_exercises.ANSWER_KEY in c.metadata.get("tags", [])]
+    exercise = nbformat.read(ROOT / "exercises" / "04_analysis_exercises.ipynb", as_version=4)
+    assert keys and not any(c.source in keys for c in exercise.cells)

@@ -13,8 +13,11 @@ function (``NotImplementedError`` included) propagate unchanged. The model: the 
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import itertools
 import json
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -25,10 +28,10 @@ from ..hooks import trace
 from ..hparams import ROMEHyperParams
 from ..models import LoadedModel
 from ..rome import (
-    apply_rome, compute_k, fill, rank_one_update, target_ids, weight_as_out_in,
+    Edit, apply_rome, compute_k, fill, rank_one_update, target_ids, weight_as_out_in,
 )
-from ..tracing import find_subject_range, known_facts
-from .tracing import PASSED, _as_float, _failed, _model, _passed, _verdict
+from ..tracing import encode, find_subject_range, known_facts
+from .tracing import PASSED, _as_float, _failed, _model, _passed, _show, _verdict
 
 # Few, short context templates keep the checks fast; the bare prompt comes first, as in ROME.
 TEMPLATES = ["{}", "It was late in the evening. {}", "Here is a fact. {}"]
@@ -82,16 +85,35 @@ def _key_cases(mt: LoadedModel) -> list[tuple[str, str]]:
     return out
 
 
-def _records(mt: LoadedModel) -> list[dict]:
-    """CounterFact records of the model's own set (some with multi-token objects), else a generic one."""
+def _counterfact(mt: LoadedModel) -> list[dict]:
+    """The model's own CounterFact records that have neighbourhood prompts ([] if it has no set)."""
     path = mt.data_file("counterfact.json")
     records = json.loads(path.read_text()) if path else []
-    records = [r for r in records if r.get("neighborhood_prompts")]
+    return [r for r in records if r.get("neighborhood_prompts")]
+
+
+def _objects(mt: LoadedModel, record: dict) -> list[str]:
+    """Every object of ``record``'s relation in the model's set, in a fixed order."""
+    relation = record["requested_rewrite"].get("relation_id")
+    found = {r["requested_rewrite"][k]["str"] for r in _counterfact(mt) for k in ("target_new", "target_true")
+             if r["requested_rewrite"].get("relation_id") == relation}
+    return sorted(found)
+
+
+def _records(mt: LoadedModel) -> list[dict]:
+    """Three CounterFact records of the model's own set, else a generic one. The first has a
+    multi-token new object: one of the set's where it has them, else (the toy's objects are all one
+    token) the first record's new object joined with another object of its relation by " and ", so
+    that scoring only the first token, or summing token log-probs, changes the answers."""
+    records = _counterfact(mt)
     if not records:
         return [GENERIC_RECORD]
-    multi = [r for r in records if len(target_ids(mt, " " + r["requested_rewrite"]["target_new"]["str"])) > 1]
-    chosen = (multi[:1] + [r for r in records if r not in multi[:1]])[:3]
-    return chosen
+    multi = [r for r in records if len(target_ids(mt, " " + _target(r))) > 1]
+    if multi:
+        return (multi[:1] + [r for r in records if r is not multi[0]])[:3]
+    rw = records[0]["requested_rewrite"]
+    other = next(o for o in _objects(mt, records[0]) if o not in (_target(records[0]), rw["target_true"]["str"]))
+    return [_with_objects(records[0], new=f"{_target(records[0])} and {other}")] + records[1:3]
 
 
 def _swapped(record: dict) -> dict:
@@ -251,7 +273,7 @@ def _v_loss_variant(mt: LoadedModel, prompt: str, subject: str, target: str, lay
         start = len(rows[i]) - 1 + shift
         logp = torch.log_softmax(logits[i, start:start + len(tgt)].float(), -1)
         picked = logp[torch.arange(len(tgt), device=mt.device), torch.tensor(tgt, device=mt.device)]
-        nlls.append(-(picked.mean() if reduce == "mean" else picked.sum()))
+        nlls.append(-{"mean": picked.mean, "sum": picked.sum, "first": picked[0].clone}[reduce]())
     nll = torch.stack(nlls).mean()
     kl_pos = lookups[n] if kl_at == "subject" else len(rows[n]) - 1
     edit_log = torch.log_softmax(logits[n, kl_pos].float(), -1)
@@ -287,7 +309,7 @@ def _grad_of(fn: Callable, delta: torch.Tensor):
     d = delta.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         loss = fn(d)
-        if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
+        if not isinstance(loss, torch.Tensor) or not loss.requires_grad or loss.numel() != 1:
             return loss, None
         loss.backward()
     return loss, d.grad
@@ -314,7 +336,9 @@ def check_v_loss(fn: Callable, mt: LoadedModel | None = None) -> bool:
         raw, grad = _grad_of(lambda d: fn(*args, d, list(TEMPLATES), kl_factor=kl_factor), delta)
         got = _as_float(raw)
         if got is None:
-            return _failed(f"Return the loss as one scalar tensor, not {raw!r}.")
+            per_template = isinstance(raw, torch.Tensor) and raw.numel() == len(TEMPLATES)
+            return _failed(f"Return the loss as one scalar tensor, not {_show(raw)}" + (
+                ": one value per template? Take their mean." if per_template else "."))
         if scale and _close(got, want.item()):
             if grad is None:
                 return _failed("The value is right but no gradient reaches delta: keep the forward pass "
@@ -335,6 +359,8 @@ def check_v_loss(fn: Callable, mt: LoadedModel | None = None) -> bool:
             (dict(reduce="sum"), f"You summed the token log-probabilities of the target {what}; take "
              "their *mean* over the target's tokens, then the mean over templates, so objects of "
              "different lengths are comparable."),
+            (dict(reduce="first"), f"You scored only the target's first token {what}; teacher-force "
+             "all of its tokens and take the mean of their log-probabilities."),
             (dict(shift=1), f"Off by one {what}: the logits at position i predict token i + 1, so the "
              "target's first token is read at the prompt's *last* position, len(prompt_ids) − 1."),
             (dict(kl="none"), f"The KL term is missing {what}: add kl_factor · KL(P_orig ‖ P_edit) at "
@@ -460,13 +486,25 @@ def check_rank_one_update(fn: Callable, mt: LoadedModel | None = None) -> bool:
 # ----------------------------------------------------------------------------------------------
 # Exercises 4 and 5: efficacy and neighbourhood scores of one record
 # ----------------------------------------------------------------------------------------------
+GROUP_PROMPTS = {"rewrite": "the rewrite prompt", "paraphrase": "the paraphrase prompts",
+                 "neighborhood": "the neighbourhood prompts"}
+
+
 def _first_token(mt: LoadedModel, obj: str) -> str:
     return mt.tokenizer.decode(target_ids(mt, obj)[:1])
 
 
+def _group(record: dict, group: str) -> list[str]:
+    rw = record["requested_rewrite"]
+    return {"rewrite": [rw["prompt"].format(rw["subject"])],
+            "paraphrase": list(record.get("paraphrase_prompts", [])),
+            "neighborhood": list(record.get("neighborhood_prompts", []))}[group]
+
+
 def _probs(mt: LoadedModel, prompts: list[str], obj: str, how: str = "mean") -> torch.Tensor:
     """P[obj | prompt] for each prompt: exp(−mean NLL) ("mean"), the product of token probabilities
-    ("product"), without the leading space ("nospace"), or the first token only ("first")."""
+    ("product", the same order as summed log-probs), without the leading space ("nospace"), or the
+    first token only ("first")."""
     obj = " " + obj.strip()
     if how == "nospace":
         return object_probs(mt, prompts, [obj.strip()] * len(prompts))
@@ -478,25 +516,121 @@ def _probs(mt: LoadedModel, prompts: list[str], obj: str, how: str = "mean") -> 
     return p
 
 
-def _score_variant(mt: LoadedModel, record: dict, prompts: str, *, flip: bool = False,
-                   how: str = "mean") -> float:
-    """The fraction of ``prompts`` (rewrite / paraphrase / neighborhood) where the new object beats
-    the true one (rewrite, paraphrase) or the true beats the new (neighborhood); ``flip`` swaps."""
+@torch.no_grad()
+def _top1(mt: LoadedModel, prompts: list[str], obj: str) -> torch.Tensor:
+    """Whether the most likely next token after each prompt is ``obj``'s first token."""
+    first = target_ids(mt, " " + obj.strip())[0]
+    return torch.tensor([float(int(mt.model(encode(mt, p), logits_to_keep=1).logits[0, -1].argmax())
+                               == first) for p in prompts])
+
+
+def _score_variant(mt: LoadedModel, record: dict, group: str, *, how: str = "mean",
+                   compare: str = "wins", flip: bool = False, on: str | None = None) -> float | None:
+    """A score of ``record`` on ``group``'s prompts: the reference (defaults) -- the fraction where
+    the new object beats the true one (rewrite, paraphrase) or the true beats the new (neighborhood)
+    -- and the usual mistakes: another ``how`` of P[o | p] (see :func:`_probs`), the margin instead
+    of the fraction (``compare="margin"``), top-1 accuracy instead of a comparison (``"top1"``), or
+    the comparison the wrong way round (``flip``), or the prompts of another group (``on``; None
+    when the record has none)."""
     rw = record["requested_rewrite"]
-    texts = {"rewrite": [rw["prompt"].format(rw["subject"])],
-             "paraphrase": list(record.get("paraphrase_prompts", [])),
-             "neighborhood": list(record.get("neighborhood_prompts", []))}[prompts]
-    new = _probs(mt, texts, rw["target_new"]["str"], how)
-    true = _probs(mt, texts, rw["target_true"]["str"], how)
-    wins = (true > new) if prompts == "neighborhood" else (new > true)
-    if flip:
-        wins = (new > true) if prompts == "neighborhood" else (true > new)
-    return wins.float().mean().item()
+    prompts = _group(record, on or group)
+    if not prompts:
+        return None
+    keep_true = (group == "neighborhood") != flip  # which object should win
+    winner, loser = ((rw["target_true"], rw["target_new"]) if keep_true else
+                     (rw["target_new"], rw["target_true"]))
+    if compare == "top1":
+        return _top1(mt, prompts, winner["str"]).mean().item()
+    win, lose = _probs(mt, prompts, winner["str"], how), _probs(mt, prompts, loser["str"], how)
+    return ((win - lose) if compare == "margin" else (win > lose).float()).mean().item()
+
+
+_MISTAKES = {  # (variant arguments, hint); {name} is the score's name, {group} its prompts
+    "flip": (dict(flip=True), "Wrong way round: {rule}"),
+    "product": (dict(how="product"), "You summed the token log-probabilities of a multi-token object "
+                "(or multiplied its token probabilities); ROME's metrics use exp(−mean token NLL), so "
+                "long objects are not penalised for their length."),
+    "first": (dict(how="first"), "You scored only the object's first token; teacher-force all of its "
+              "tokens and use exp(−mean NLL) (objects can be several tokens)."),
+    "nospace": (dict(how="nospace"), "Your objects have no leading space: score ' ' + object, the way "
+                "the object follows the prompt in running text."),
+    "margin": (dict(compare="margin"), "You returned the mean probability margin (P[winner] − P[loser], "
+               "the paper's 'magnitude' metric); the {name} is the *fraction* of prompts on which the "
+               "comparison holds."),
+    "top1": (dict(compare="top1"), "You measured top-1 accuracy (is the object's first token the most "
+             "likely next token?). The {name} only compares the two objects' probabilities: the new "
+             "object can win without being the model's first choice."),
+}
+for _other in GROUP_PROMPTS:
+    _MISTAKES[f"on {_other}"] = (dict(on=_other), f"You scored {GROUP_PROMPTS[_other]}; the {{name}} "
+                                 "uses {prompts}.")
+_RULES = {"rewrite": "ES counts P[new] > P[true] (the edit worked), not P[true] > P[new].",
+          "neighborhood": "the neighbourhood prompts are about *other* subjects, which should keep "
+                          "their true object. NS counts prompts where P[true] > P[new] (an edit that "
+                          "leaks to neighbours lowers it)."}
+
+
+def _with_objects(record: dict, new: str | None = None, true: str | None = None) -> dict:
+    out = copy.deepcopy(record)
+    rw = out["requested_rewrite"]
+    for key, value in (("target_new", new), ("target_true", true)):
+        if value is not None:
+            rw[key] = {"str": value, "id": f"check:{value}"}
+    return out
+
+
+def _word(mt: LoadedModel, token_id: int) -> str | None:
+    """The word a token spells after a space (" fan" -> "fan"), else None."""
+    text = mt.tokenizer.decode([token_id])
+    return text[1:] if text.startswith(" ") and text[1:].isalpha() else None
+
+
+@torch.no_grad()
+def _designed_records(mt: LoadedModel, record: dict) -> list[dict]:
+    """Records built from ``record`` (its subject, its prompts) so that each way of scoring wrongly
+    changes the answer. On a prompt of the record whose next-token distribution allows it, with A
+    the model's most likely next word:
+
+    - new object "A t" (t a word after A), true object a less likely word X, with
+      P[A]·P[t | A] < P[X] < √(P[A]·P[t | A]): "A t" wins by its mean token NLL and loses by the
+      sum of log-probs (or the product of probabilities);
+    - new object A, true object "A t": a tie on the first token alone;
+    - new object X, true object a still less likely word: X wins although neither is the model's
+      first choice (a comparison, not top-1 accuracy)."""
+    subject = record["requested_rewrite"]["subject"]
+    texts = [record["requested_rewrite"]["prompt"].format(subject)] + [
+        t for t in record.get("generation_prompts", []) + record.get("paraphrase_prompts", [])
+        if subject in t]
+    for text in texts:
+        ids = encode(mt, text)
+        logp = torch.log_softmax(mt.model(ids, logits_to_keep=1).logits[0, -1].float(), -1)
+        ranked = [i for i in logp.argsort(descending=True)[:200].tolist() if _word(mt, i)]
+        if len(ranked) < 3:
+            continue
+        a_id, la = ranked[0], float(logp[ranked[0]])
+        after = torch.log_softmax(mt.model(torch.cat([ids, ids.new_tensor([[a_id]])], 1),
+                                           logits_to_keep=1).logits[0, -1].float(), -1)
+        for x_id in ranked[1:20]:
+            lx = float(logp[x_id])
+            fits = ((after > 2 * lx - la) & (after < lx - la)).nonzero().flatten().tolist()
+            answer, x = _word(mt, a_id), _word(mt, x_id)
+            for t_id in sorted(fits, key=lambda i: abs(float(after[i]) - (1.5 * lx - la))):
+                new = f"{answer} {_word(mt, t_id)}" if _word(mt, t_id) else None
+                if new and target_ids(mt, " " + new) == [a_id, t_id]:
+                    lower = _word(mt, ranked[ranked.index(x_id) + 1])
+                    base = copy.deepcopy(record)
+                    base["requested_rewrite"]["prompt"] = text.replace(subject, "{}", 1)
+                    return [_with_objects(base, new=new, true=x), _with_objects(base, new=answer, true=new),
+                            _with_objects(base, new=x, true=lower)]
+    return []
 
 
 class _Edited:
     """A quick ROME edit (C = I, three templates) of ``record`` for the length of a ``with`` block,
-    so that scores are checked on an edited model too."""
+    so that scores are checked on an edited model too. The edited weights are computed once per
+    model and record, then copied in (as an :class:`~rome_lib.rome.Edit`, so undo is exact)."""
+
+    _weights: dict[tuple[int, str], tuple[int, dict[str, torch.Tensor]]] = {}
 
     def __init__(self, mt: LoadedModel, record: dict):
         self.mt, self.record = mt, record
@@ -504,88 +638,118 @@ class _Edited:
     def __enter__(self):
         import warnings
 
+        request = self.record["requested_rewrite"]
+        key = (id(self.mt), json.dumps(request, sort_keys=True))
+        if key in self._weights:
+            layer, weights = self._weights[key]
+            self.edit = Edit.begin(self.mt, "rome", request, layer, list(weights))
+            with torch.no_grad():
+                for name, param in self.edit.parameters().items():
+                    param.copy_(weights[name])
+            return self
         hp = ROMEHyperParams(layer=_layer(self.mt), mom2_adjustment=False)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self.edit = apply_rome(self.mt, self.record["requested_rewrite"], hp, templates=TEMPLATES)
+            self.edit = apply_rome(self.mt, request, hp, templates=TEMPLATES)
+        self._weights[key] = (self.edit.layer, {n: p.detach().clone()
+                                                for n, p in self.edit.parameters().items()})
         return self
 
     def __exit__(self, *exc):
         self.edit.undo()
 
 
-def _score_cases(mt: LoadedModel):
-    """(record, edited?) pairs: unedited (the true object wins), swapped (the 'new' one wins) and
-    edited with ROME (the new object should win on the rewrite prompt)."""
-    records = _records(mt)
-    return [(records[0], False), (_swapped(records[0]), False), (records[0], True)] + \
-        [(r, False) for r in records[1:2]]
+@dataclass
+class _ScoreCase:
+    """A record, whether it is scored after a ROME edit, and every answer's score on it (None: the
+    reference, else a key of :data:`_MISTAKES`)."""
+
+    record: dict
+    edited: bool
+    scores: dict
 
 
-def _check_score(fn: Callable, mt: LoadedModel, prompts: str, key: str, name: str) -> bool:
-    for record, edited in _score_cases(mt):
-        ctx = _Edited(mt, record) if edited else None
-        if ctx:
-            ctx.__enter__()
-        try:
-            want = record_metrics(score_record(mt, record))[key]
-            raw = fn(mt, record)
-            got = _as_float(raw)
-            if got is None:
-                return _failed(f"Return one number, the {name} of the record (a fraction in [0, 1]), "
-                               f"not {raw!r}.")
-            rw = record["requested_rewrite"]
-            what = (f"(subject {rw['subject']!r}, new {rw['target_new']['str']!r}, true "
-                    f"{rw['target_true']['str']!r}{', after a ROME edit' if edited else ''})")
-            if _close(got, want, 1e-6):
-                continue
-            if _close(got, 100 * want, 1e-6) and want:
-                return _failed(f"Return a fraction in [0, 1], not a percentage {what}.")
-            if _close(got, _score_variant(mt, record, prompts, flip=True), 1e-6):
-                if prompts == "neighborhood":
-                    return _failed(f"Wrong way round {what}: the neighbourhood prompts are about *other* "
-                                   "subjects, which should keep their true object. NS counts prompts "
-                                   "where P[true] > P[new] (an edit that leaks to neighbours lowers it).")
-                return _failed(f"Wrong way round {what}: ES counts P[new] > P[true] (the edit worked), "
-                               "not P[true] > P[new].")
-            for how, hint in (("nospace", "Your objects have no leading space: score ' ' + object, the "
-                               "way the object follows the prompt in running text."),
-                              ("product", "You multiplied the token probabilities of a multi-token "
-                               "object; ROME's metrics use exp(−mean token NLL), so long objects are "
-                               "not penalised for their length."),
-                              ("first", "You scored only the object's first token; teacher-force all "
-                               "of its tokens and use exp(−mean NLL).")):
-                if not _close(_score_variant(mt, record, prompts, how=how), want, 1e-6) and \
-                        _close(got, _score_variant(mt, record, prompts, how=how), 1e-6):
-                    return _failed(hint + f" {what}")
-            for other, label in (("rewrite", "the rewrite prompt"), ("paraphrase", "the paraphrase prompts"),
-                                 ("neighborhood", "the neighbourhood prompts")):
-                if other != prompts and (record.get(f"{other}_prompts") or other == "rewrite"):
-                    for flip in (False, True):
-                        alt = _score_variant(mt, record, other, flip=flip)
-                        if _close(got, alt, 1e-6) and not _close(alt, want, 1e-6):
-                            return _failed(f"You scored {label}; the {name} uses the {prompts} "
-                                           f"prompt{'s' if prompts != 'rewrite' else ''} {what}.")
-            return _failed(f"{name} {got:.4f}, expected {want:.4f} {what}. P[o | p] = exp(−mean NLL) of "
-                           "' ' + o teacher-forced after p; compare with a strict '>'.")
-        finally:
-            if ctx:
-                ctx.__exit__(None, None, None)
-    return _passed()
+_SCORE_CASES: dict[tuple[int, str], list[_ScoreCase]] = {}
+_METRIC = {"rewrite": "ES", "paraphrase": "PS", "neighborhood": "NS"}
+
+
+def _score_cases(mt: LoadedModel, group: str) -> list[_ScoreCase]:
+    """Cases on which every mistake of :data:`_MISTAKES` changes the ``group`` score of at least one
+    record, and any two mistakes differ on at least one record: the first record unedited, swapped
+    and edited with ROME (its new object has several tokens), the designed records of
+    :func:`_designed_records`, then further records of the set while answers remain that no case
+    tells apart. Cached per
+    model, with every answer's score, so that a check only runs the learner's function."""
+    key = (id(mt), group)
+    if key not in _SCORE_CASES:
+        records = _records(mt)
+        pool = [(records[0], False), (_swapped(records[0]), False), (records[0], True)]
+        pool += [(r, False) for r in _designed_records(mt, records[0])]
+        pool += [(r, False) for r in records[1:] + _counterfact(mt)[3:20]]
+        answers = [None, *(m for m in _MISTAKES if m != f"on {group}")]
+        chosen, missing = [], set(itertools.combinations(answers, 2))
+        for record, edited in pool:
+            if not missing and len(chosen) >= 3:
+                break
+            with (_Edited(mt, record) if edited else contextlib.nullcontext()):
+                scores = {m: _score_variant(mt, record, group, **_MISTAKES[m][0]) for m in answers[1:]}
+                scores[None] = record_metrics(score_record(mt, record))[_METRIC[group]]  # the library's
+            apart = {(a, b) for a, b in missing if scores[a] is None or scores[b] is None
+                     or not _close(scores[a], scores[b], 1e-6)}
+            if apart or len(chosen) < 3:
+                chosen.append(_ScoreCase(record, edited, scores))
+                missing -= apart
+        _SCORE_CASES[key] = chosen
+    return _SCORE_CASES[key]
+
+
+def _check_score(fn: Callable, mt: LoadedModel, group: str, name: str) -> bool:
+    """Score every case with ``fn``; on a mismatch, name the mistake that reproduces *all* of the
+    learner's answers (two mistakes can agree on one record, never on all of the cases)."""
+    cases, got = _score_cases(mt, group), []
+    for case in cases:
+        with (_Edited(mt, case.record) if case.edited else contextlib.nullcontext()):
+            raw = fn(mt, case.record)
+        value = _as_float(raw)
+        if value is None:
+            return _failed(f"Return one number, the {name} of the record (a fraction in [0, 1]), "
+                           f"not {_show(raw)}.")
+        got.append(value)
+    want = [case.scores[None] for case in cases]
+    if all(_close(g, w, 1e-6) for g, w in zip(got, want)):
+        return _passed()
+    i = next(i for i, (g, w) in enumerate(zip(got, want)) if not _close(g, w, 1e-6))
+    rw = cases[i].record["requested_rewrite"]
+    what = (f"(e.g. subject {rw['subject']!r}, new {rw['target_new']['str']!r}, true "
+            f"{rw['target_true']['str']!r}{', after a ROME edit' if cases[i].edited else ''}: "
+            f"expected {want[i]:.4g}, got {got[i]:.4g})")
+    if all(_close(g, 100 * w, 1e-6) for g, w in zip(got, want)):
+        return _failed(f"Return a fraction in [0, 1], not a percentage {what}.")
+    hints = [_MISTAKES[m][1].format(name=name, rule=_RULES.get(group, ""), prompts=GROUP_PROMPTS[group])
+             for m in _MISTAKES if m in cases[0].scores and all(
+                 c.scores[m] is not None and _close(g, c.scores[m], 1e-6) for g, c in zip(got, cases))]
+    if len(hints) == 1:
+        return _failed(f"{hints[0]} {what}")
+    if hints:  # the model's cases cannot tell these apart: name each
+        return _failed(f"Your answers fit {len(hints)} mistakes {what}: " +
+                       " Or: ".join(f"({i}) {h}" for i, h in enumerate(hints, 1)))
+    return _failed(f"{name} differs from the reference {what}. P[o | p] = exp(−mean NLL) of "
+                   "' ' + o teacher-forced after p; compare with a strict '>', and average over "
+                   f"{GROUP_PROMPTS[group]}.")
 
 
 @_verdict
 def check_efficacy(fn: Callable, mt: LoadedModel | None = None) -> bool:
     """``fn(mt, record) -> float``: the efficacy score of one CounterFact record, 1.0 when
     P[new object] > P[true object] on the rewrite prompt, else 0.0."""
-    return _check_score(fn, _model(mt), "rewrite", "ES", "efficacy score")
+    return _check_score(fn, _model(mt), "rewrite", "efficacy score")
 
 
 @_verdict
 def check_neighborhood(fn: Callable, mt: LoadedModel | None = None) -> bool:
     """``fn(mt, record) -> float``: the neighbourhood score of one record, the fraction of its
     neighbourhood prompts on which P[true object] > P[new object]."""
-    return _check_score(fn, _model(mt), "neighborhood", "NS", "neighbourhood score")
+    return _check_score(fn, _model(mt), "neighborhood", "neighbourhood score")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,8 +7,10 @@ the last, an off-by-one end index, fresh noise for every cell, the wrong layer o
 probabilities averaged instead of indirect effects, ...
 
 A check prints its verdict and returns None, so that a notebook cell ending with a check shows
-the verdict only (no ``True`` under it; nbval runs cells without IPython's ``;`` suppression).
-Errors raised by the learner's function (``NotImplementedError`` included) propagate unchanged.
+the verdict only (no ``True`` under it; nbval runs cells without IPython's ``;`` suppression); it
+also records it for graders (:mod:`rome_lib.checks.verdict`). Errors raised by the learner's
+function (``NotImplementedError`` included) propagate unchanged; whatever the function *returns*
+gets a hint, never an error from the check's own code.
 
 The model: the ``mt`` argument, else ``load_model(os.environ.get("ROME_CHECK_MODEL", "toy"))`` on
 the CPU, loaded once. The checks only compare the learner's function with the library's, so any
@@ -26,12 +28,12 @@ import torch
 
 from ..hooks import get_module
 from ..models import LoadedModel, load_model
+from .verdict import PASSED, failed as _failed, passed as _passed, verdict as _verdict
 from ..tracing import (
     BUCKETS, TraceResult, bucket_scores, default_noise, encode, find_subject_range, known_facts,
     make_noise, restored_probability, trace_reference, window_layers,
 )
 
-PASSED = "✓ passed"
 SAMPLES, SEED = 4, 1  # few noise draws keep the checks fast; exact agreement does not need more
 
 # Prompts whose tokenisation is interesting for any byte-level BPE: subject at the start, in the
@@ -56,26 +58,6 @@ def _model(mt: LoadedModel | None) -> LoadedModel:
     return mt if mt is not None else _load(os.environ.get("ROME_CHECK_MODEL", "toy"))
 
 
-def _verdict(check: Callable[..., bool]) -> Callable[..., None]:
-    """Print-only public form of a check (the bool stays internal)."""
-
-    @functools.wraps(check)
-    def run(fn: Callable, mt: LoadedModel | None = None) -> None:
-        check(fn, mt)
-
-    return run
-
-
-def _passed() -> bool:
-    print(PASSED)
-    return True
-
-
-def _failed(hint: str) -> bool:
-    print("✗ " + hint)
-    return False
-
-
 def _n_tokens(mt: LoadedModel, text: str) -> int:
     return len(mt.tokenizer(text)["input_ids"])
 
@@ -90,17 +72,19 @@ def _cases(mt: LoadedModel) -> list[tuple[str, str]]:
 
 
 def _choose_cases(mt: LoadedModel) -> list[tuple[str, str]]:
-    """Two short prompts with multi-token subjects: one from the model's known facts where it has
-    them (one with the subject first, one with words before it), else the generic ones."""
+    """Three short prompts with multi-token subjects, from the model's known facts where it has them,
+    else the generic ones: the subject opening the prompt, the subject after other words, and the
+    subject right before the last token (so every position relative to the subject is exercised)."""
     facts = [f for f in known_facts(mt) if _n_tokens(mt, f["prompt"]) <= 10]
     chosen = []
-    for at_start in (True, False):
-        for f in facts:
+    for at_start, before_last in ((True, False), (False, False), (False, True)):
+        for f in sorted(facts, key=lambda f: -len(f["subject"])):
+            n = _n_tokens(mt, f["prompt"])
             b, e = find_subject_range(mt.tokenizer, f["prompt"], f["subject"])
-            if e - b >= 2 and (b == 0) == at_start and e < _n_tokens(mt, f["prompt"]) - 1:
+            if e - b >= 2 and (b == 0) == at_start and (e == n - 1) == before_last:
                 chosen.append((f["prompt"], f["subject"]))
                 break
-    return chosen if len(chosen) == 2 else GENERIC_CASES[:1] + GENERIC_CASES[2:3]
+    return chosen if len(chosen) == 3 else [GENERIC_CASES[1], GENERIC_CASES[0], GENERIC_CASES[2]]
 
 
 def _answer_id(mt: LoadedModel, prompt: str) -> int:
@@ -113,8 +97,27 @@ def _noise(mt: LoadedModel) -> float:
 
 
 def _close(a: float, b: float) -> bool:
-    """Equal up to float32 batching noise (~1e-6), far below any effect a mistake has."""
-    return abs(a - b) <= 2e-5 + 1e-4 * abs(b)
+    """Equal up to float32 batching noise (relative ~1e-6), far below any effect a mistake has, even
+    on the small probabilities of a corrupted run."""
+    return abs(a - b) <= 1e-6 + 1e-4 * abs(b)
+
+
+def _show(value) -> str:
+    """A short description of what the learner returned, for a hint."""
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    text = repr(value)
+    return text if len(text) <= 60 else f"a {type(value).__name__}"
+
+
+def _as_tensor(value) -> torch.Tensor | None:
+    """The answer as a float32 CPU tensor (None if it cannot be one)."""
+    try:
+        if isinstance(value, torch.Tensor):
+            return value.detach().float().cpu()
+        return torch.as_tensor(value, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError):
+        return None
 
 
 def _as_float(value) -> float | None:
@@ -128,6 +131,20 @@ def _as_float(value) -> float | None:
     except (TypeError, ValueError):
         return None
     return None if math.isnan(value) else value
+
+
+def _as_layers(value) -> list[int] | None:
+    """A list of token or layer indices as ints (None unless it is a sequence of whole numbers)."""
+    if isinstance(value, torch.Tensor):
+        value = value.flatten().tolist() if value.dim() == 1 else None
+    if value is None or isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
+        return None
+    try:
+        items = list(value)
+        layers = [int(x) for x in items]
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    return layers if all(float(x) == l for x, l in zip(items, layers)) else None
 
 
 class _InputSpy:
@@ -158,36 +175,49 @@ def _clean_block_input(mt: LoadedModel, ids: torch.Tensor) -> torch.Tensor:
     return spy.passes[0][0]
 
 
-def _spied_call(mt: LoadedModel, prompt: str, subject: str, noise: float, call: Callable[[], object],
-                across_passes: bool = False) -> tuple[object, str | None]:
-    """Run the learner's ``call()`` watching what it feeds the first block: (its result, a hint when
-    the noise went astray, else None)."""
+def _spied_call(mt: LoadedModel, call: Callable[[], object]) -> tuple[object, list[torch.Tensor]]:
+    """Run the learner's ``call()`` watching what it feeds the first block: (its result, the inputs of
+    every forward pass), for :func:`_noise_hint` to read when the result is wrong."""
     with _InputSpy(mt) as spy:
         raw = call()
-    return raw, _noise_hint(mt, prompt, subject, spy.passes, noise, SAMPLES, SEED, across_passes)
+    return raw, spy.passes
 
 
-def _noise_hint(mt: LoadedModel, prompt: str, subject: str, passes: list[torch.Tensor],
-                noise: float, samples: int, seed: int, across_passes: bool = False) -> str | None:
-    """Where did the noise go? A hint for the first thing that differs from the reference
-    (subject tokens only, one draw per row, make_noise's draws), or None when all is as expected."""
-    ids = encode(mt, prompt)
-    b, e = find_subject_range(mt.tokenizer, prompt, subject)
-    clean = _clean_block_input(mt, ids)
-    noisy_per_pass = []
+def _noisy_rows(clean: torch.Tensor, passes: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per forward pass of the prompt (any batch size), the noise of its noisy rows [rows, T, d]."""
+    out = []
     for x in passes:
         if x.dim() != 3 or x.shape[1:] != clean.shape:
             continue
         delta = x - clean
-        changed = delta.abs().amax(-1) > 1e-5 * (1 + clean.abs().amax())  # [rows, T]
-        rows = changed.any(-1)
+        rows = (delta.abs().amax(-1) > 1e-5 * (1 + clean.abs().amax())).any(-1)
         if rows.any():
-            noisy_per_pass.append((delta[rows], changed[rows]))
-    if not noisy_per_pass:
+            out.append(delta[rows])
+    return out
+
+
+def _draw_index(row: torch.Tensor, draws: torch.Tensor) -> int | None:
+    """Which reference draw ``row`` ([e − b, d]) is, or None."""
+    for i, draw in enumerate(draws):
+        if torch.allclose(row, draw, atol=1e-4, rtol=1e-3):
+            return i
+    return None
+
+
+def _noise_hint(mt: LoadedModel, prompt: str, subject: str, passes: list[torch.Tensor],
+                noise: float, samples: int = SAMPLES, seed: int = SEED) -> str | None:
+    """Where did the noise go? A hint for the first thing that differs from the reference (subject
+    tokens only, make_noise's draws, one draw per row, every draw used, the same draws in every pass),
+    or None when all is as expected. How rows are grouped into passes does not matter."""
+    ids = encode(mt, prompt)
+    b, e = find_subject_range(mt.tokenizer, prompt, subject)
+    clean = _clean_block_input(mt, ids)
+    noisy = _noisy_rows(clean, passes)
+    if not noisy:
         return ("No noise reached the model: the embeddings of every forward pass were clean. Add the "
                 "noise inside an edit_output hook on mt.layout.embed that is active during the forward "
                 "pass, and make the hook return the noised tensor.")
-    delta, changed = noisy_per_pass[0]
+    changed = noisy[0].abs().amax(-1) > 1e-5 * (1 + clean.abs().amax())
     tokens = sorted(set(changed.any(0).nonzero().flatten().tolist()))
     subject_tokens = list(range(b, e))
     if tokens != subject_tokens:
@@ -206,30 +236,31 @@ def _noise_hint(mt: LoadedModel, prompt: str, subject: str, passes: list[torch.T
             return (f"Only the first subject token ({b}) was noised; noise every subject token "
                     f"{subject_tokens} (is your end index one too small?).")
         return f"Only tokens {tokens} were noised; noise every subject token {subject_tokens}."
-    if across_passes:
-        first = noisy_per_pass[0][0]
-        for other, _ in noisy_per_pass[1:]:
-            if other.shape != first.shape or not torch.allclose(other, first, atol=1e-5):
-                return ("The noise differs between forward passes. Use the same noise draws for every "
-                        "cell (make_noise with the same seed each time, or draw once and reuse): the "
-                        "scores of different cells are only comparable when they start from the same "
-                        "corruption.")
-    if delta.shape[0] != samples:
-        return (f"Expected {samples} noisy rows in the batch (one per noise draw, samples={samples}), "
-                f"found {delta.shape[0]}.")
-    if samples > 1 and torch.allclose(delta[0], delta[1:], atol=1e-6):
-        return ("Every row got the same noise. Row i of the batch needs its own draw draws[i] "
-                "(draws has shape [samples, e - b, d]).")
-    width = clean.shape[-1]
-    draws = make_noise(samples, e - b, width, noise, seed).to(delta)
-    got = delta[:, b:e]
-    if not torch.allclose(got, draws, atol=1e-4, rtol=1e-3):
-        if noise and torch.allclose(got, draws / noise, atol=1e-4, rtol=1e-3):
+    draws = make_noise(samples, e - b, clean.shape[-1], noise, seed).to(clean)
+    found = [[_draw_index(row[b:e], draws) for row in rows] for rows in noisy]
+    if all(i is None for pass_ in found for i in pass_):
+        first = noisy[0][:, b:e]
+        if samples > 1 and first.shape[0] > 1 and torch.allclose(first[:1], first[1:], atol=1e-6):
+            return ("Every row got the same noise. Row i of the batch needs its own draw draws[i] "
+                    "(draws has shape [samples, e - b, d]).")
+        if noise and _draw_index(first[0], draws / noise) is not None:
             return ("Your draws are standard normal: multiply them by the noise level ν "
                     f"(noise={noise:.3f}), or use make_noise(samples, e - b, d, noise, seed).")
         return ("The noise lands on the right tokens but is not the reference's draws. Use "
                 "rome_lib.tracing.make_noise(samples, e - b, d, noise, seed) so your numbers can be "
                 "compared with the library's.")
+    if any(i is None for pass_ in found for i in pass_):
+        return ("The noise differs between forward passes: some rows carry make_noise's draws and "
+                "others carry new ones. Use the same noise draws for every cell (make_noise with the "
+                "same seed each time, or draw once and reuse): the scores of different cells are only "
+                "comparable when they start from the same corruption.")
+    used = {i for pass_ in found for i in pass_}
+    if len(used) == 1 and samples > 1:
+        return ("Every row got the same noise. Row i of the batch needs its own draw draws[i] "
+                "(draws has shape [samples, e - b, d]).")
+    if len(used) < samples:
+        return (f"Only {len(used)} of the {samples} noise draws were used (samples={samples}): run one "
+                "noisy row per draw, draws[i] in row i.")
     return None
 
 
@@ -243,13 +274,11 @@ def check_subject_range(fn: Callable, mt: LoadedModel | None = None) -> bool:
     tok = mt.tokenizer
     for prompt, subject in GENERIC_CASES + _cases(mt):
         want = find_subject_range(tok, prompt, subject)
-        got = fn(tok, prompt, subject)
-        try:
-            got = tuple(int(x) for x in got)
-        except (TypeError, ValueError):
-            got = None
+        raw = fn(tok, prompt, subject)
+        got = _as_layers(raw)
         if got is None or len(got) != 2:
-            return _failed(f"Return a pair of ints (b, e), not {fn(tok, prompt, subject)!r}.")
+            return _failed(f"Return a pair of ints (b, e), not {_show(raw)}.")
+        got = tuple(got)
         if got == want:
             continue
         b, e = want
@@ -296,16 +325,17 @@ def check_corrupt(fn: Callable, mt: LoadedModel | None = None) -> bool:
         answer_id = _answer_id(mt, prompt)
         ref = restored_probability(mt, prompt, subject, (), samples=SAMPLES, noise=noise, seed=SEED,
                                    answer_id=answer_id)
-        raw, hint = _spied_call(mt, prompt, subject, noise, lambda: fn(
+        raw, passes = _spied_call(mt, lambda: fn(
             mt, prompt, subject, answer_id, noise=noise, samples=SAMPLES, seed=SEED))
+        got = _as_float(raw)
+        low, high = ref["corrupted"], ref["clean"]
+        if got is not None and _close(got, low):
+            continue
+        hint = _noise_hint(mt, prompt, subject, passes, noise)
         if hint:
             return _failed(hint)
-        got = _as_float(raw)
         if got is None:
-            return _failed(f"Return one float (the mean probability), not {raw!r}.")
-        low, high = ref["corrupted"], ref["clean"]
-        if _close(got, low):
-            continue
+            return _failed(f"Return one float (the mean probability), not {_show(raw)}.")
         if _close(got, (high + SAMPLES * low) / (SAMPLES + 1)):
             return _failed("You averaged the clean row in too: average P[answer] over the noisy rows "
                            "only.")
@@ -354,24 +384,20 @@ def check_restore(fn: Callable, mt: LoadedModel | None = None) -> bool:
     for prompt, subject, token, layer, kind in _restore_cases(mt):
         answer_id = _answer_id(mt, prompt)
         want = _ref_restored(mt, prompt, subject, answer_id, noise, token, layer, kind)
-        raw, hint = _spied_call(mt, prompt, subject, noise, lambda: fn(
+        raw, passes = _spied_call(mt, lambda: fn(
             mt, prompt, subject, answer_id, token, layer, kind, noise=noise, samples=SAMPLES,
             seed=SEED))
+        got = _as_float(raw)
+        if got is not None and _close(got, want):
+            continue
+        hint = _noise_hint(mt, prompt, subject, passes, noise)
         if hint:
             return _failed(hint)
-        got = _as_float(raw)
         if got is None:
-            return _failed(f"Return one float (the mean restored probability), not {raw!r}.")
-        if _close(got, want):
-            continue
+            return _failed(f"Return one float (the mean restored probability), not {_show(raw)}.")
         cell = f"(token {token}, layer {layer}, kind {kind!r})"
         ref = restored_probability(mt, prompt, subject, (), samples=SAMPLES, noise=noise, seed=SEED,
                                    answer_id=answer_id)
-        if _close(got, ref["corrupted"]):
-            return _failed(f"Restoring {cell} had no effect: you returned the corrupted probability "
-                           f"{got:.4f} (expected {want:.4f}). Does your edit hook return the patched "
-                           "tensor, is it on layout.module(kind, layer), and do you copy the clean "
-                           "values into the noisy rows?")
         for other in (layer - 1, layer + 1):
             if 0 <= other < n_layer and _close(got, _ref_restored(mt, prompt, subject, answer_id, noise,
                                                                   token, other, kind)):
@@ -390,6 +416,11 @@ def check_restore(fn: Callable, mt: LoadedModel | None = None) -> bool:
             if 0 <= other < _n_tokens(mt, prompt) and _close(
                     got, _ref_restored(mt, prompt, subject, answer_id, noise, other, layer, kind)):
                 return _failed(f"You restored token {other} instead of token {token} {cell}.")
+        if _close(got, ref["corrupted"]):
+            return _failed(f"Restoring {cell} had no effect: you returned the corrupted probability "
+                           f"{got:.4f} (expected {want:.4f}). Does your edit hook return the patched "
+                           "tensor, is it on layout.module(kind, layer), and do you copy the clean "
+                           "values into the noisy rows?")
         every = restored_probability(mt, prompt, subject,
                                      [(t, layer) for t in range(_n_tokens(mt, prompt))], kind,
                                      samples=SAMPLES, noise=noise, seed=SEED, answer_id=answer_id)
@@ -414,10 +445,15 @@ def check_window(fn: Callable, mt: LoadedModel | None = None) -> bool:
     for n_layer, window in ((48, 10), (8, 2), (8, 3), (12, 4)):
         for layer in range(n_layer):
             want = list(window_layers(layer, window, n_layer))
-            got = list(fn(layer, window, n_layer))
+            raw = fn(layer, window, n_layer)
+            where = f"for layer={layer}, window={window}, n_layer={n_layer}"
+            got = _as_layers(raw)
+            if got is None:
+                forgot = " (did you forget `return`?)" if raw is None else ""
+                return _failed(f"Return the list of layers {where}, e.g. {want}, not "
+                               f"{_show(raw)}{forgot}.")
             if got == want:
                 continue
-            where = f"for layer={layer}, window={window}, n_layer={n_layer}"
             if any(l < 0 or l >= n_layer for l in got):
                 return _failed(f"Got {got} {where}: clip the window to the layers that exist, "
                                f"0 … {n_layer - 1}.")
@@ -441,19 +477,21 @@ def check_trace(fn: Callable, mt: LoadedModel | None = None) -> bool:
     token t and layer l, the mean P[answer] with the state h_t^(l) restored."""
     mt = _model(mt)
     noise = _noise(mt)
-    prompt, subject = min(_cases(mt), key=lambda c: _n_tokens(mt, c[0]))
+    prompt, subject = _cases(mt)[2]  # words before the subject, and it ends right before the last token
     answer_id = _answer_id(mt, prompt)
     ref = trace_reference(mt, prompt, subject, "state", samples=SAMPLES, noise=noise, seed=SEED,
                           answer_id=answer_id)
-    raw, hint = _spied_call(mt, prompt, subject, noise, lambda: fn(
-        mt, prompt, subject, answer_id, noise=noise, samples=SAMPLES, seed=SEED), across_passes=True)
+    raw, passes = _spied_call(mt, lambda: fn(
+        mt, prompt, subject, answer_id, noise=noise, samples=SAMPLES, seed=SEED))
+    want = ref.scores
+    got = _as_tensor(raw)
+    if got is not None and got.shape == want.shape and torch.allclose(got, want, atol=1e-4):
+        return _passed()
+    hint = _noise_hint(mt, prompt, subject, passes, noise)
     if hint:
         return _failed(hint)
-    try:
-        got = torch.as_tensor(raw, dtype=torch.float32).cpu()
-    except (TypeError, ValueError, RuntimeError):
-        return _failed(f"Return a tensor of shape [tokens, layers], not {type(raw).__name__}.")
-    want = ref.scores
+    if got is None:
+        return _failed(f"Return a tensor of shape [tokens, layers], not {_show(raw)}.")
     if got.shape == want.T.shape and torch.allclose(got, want.T, atol=1e-4) and (
             got.shape != want.shape or not torch.allclose(got, want, atol=1e-4)):  # square ones too
         return _failed(f"Your scores are transposed: expected [tokens, layers] = {tuple(want.shape)}, "
@@ -463,8 +501,12 @@ def check_trace(fn: Callable, mt: LoadedModel | None = None) -> bool:
             return _failed(f"Your scores are transposed: shape {tuple(got.shape)}, expected "
                            f"{tuple(want.shape)} = [tokens, layers] (scores[t, l]).")
         return _failed(f"Shape {tuple(got.shape)}, expected {tuple(want.shape)} = [tokens, layers].")
-    if torch.allclose(got, want, atol=1e-4):
-        return _passed()
+    b, _ = ref.subject_range
+    if b and torch.allclose(got[b:], want[b:], atol=1e-4):
+        return _failed(f"Your rows for the tokens before the subject (0 … {b - 1}) differ from the "
+                       "reference, the rest is right. Restoring a token before the subject changes "
+                       "nothing (the noise cannot reach it through causal attention), so its score is "
+                       f"the corrupted probability, {ref.low:.4f} here, not 0: trace every cell.")
     if torch.allclose(got, want - ref.low, atol=1e-4):
         return _failed("You returned indirect effects (score − corrupted probability). Return the "
                        "scores themselves, P[answer] with the cell restored; subtract ref.low later.")
@@ -484,9 +526,12 @@ def check_trace(fn: Callable, mt: LoadedModel | None = None) -> bool:
 # Exercise 6: average indirect effects per token bucket
 # ----------------------------------------------------------------------------------------------
 def _fake_results(n_layer: int = 5) -> list[TraceResult]:
-    """Traces with random scores and subject ranges that leave different buckets empty."""
+    """Traces with random scores and subject ranges that leave different buckets empty: one- to
+    four-token subjects (two middle tokens), at the start, in the middle and right before the last
+    token (whose first subsequent token is then the last token)."""
     generator = torch.Generator().manual_seed(0)
-    layouts = [(9, (2, 5)), (6, (0, 1)), (7, (1, 4)), (5, (1, 3)), (8, (3, 6))]
+    layouts = [(9, (2, 5)), (6, (0, 1)), (7, (1, 4)), (5, (1, 3)), (8, (3, 6)), (6, (1, 5)),
+               (9, (0, 4))]
     out = []
     for n_tokens, (b, e) in layouts:
         scores = torch.rand(n_tokens, n_layer, generator=generator)
@@ -498,18 +543,27 @@ def _fake_results(n_layer: int = 5) -> list[TraceResult]:
 
 
 def _buckets_variant(results, *, effects=True, last_subject=True, shift=0, per_fact=False,
-                     further_with_last=False) -> torch.Tensor:
+                     further_with_last=False, skip_after_at_end=False,
+                     pooled=False) -> torch.Tensor:
     """The reference average (all defaults) and the usual mistakes (one changed argument each)."""
     n_layer = results[0].scores.shape[1]
     sums, counts = torch.zeros(len(BUCKETS), n_layer), torch.zeros(len(BUCKETS))
     for r in results:
         values = r.scores - r.low if effects else r.scores
         b, e = r.subject_range
+        last = values.shape[0] - 1
         rows = bucket_scores(values, (b, e + shift))
         if not last_subject:
             rows[2] = values[b]
         if further_with_last and e + 1 < values.shape[0]:
             rows[4] = values[e + 1:].mean(0)
+        if skip_after_at_end and e == last:
+            rows[3] = None
+        if pooled:  # every middle / further token counts once, as the official read_knowlege
+            for i, group in ((1, values[b + 1:e - 1]), (4, values[e + 1:last])):
+                sums[i] += group.sum(0)
+                counts[i] += group.shape[0]
+                rows[i] = None
         for i, row in enumerate(rows):
             if row is not None:
                 sums[i] += row
@@ -525,10 +579,9 @@ def check_buckets(fn: Callable, mt: LoadedModel | None = None) -> bool:
     and layer over a list of TraceResult, skipping facts whose bucket is empty."""
     results = _fake_results()
     raw = fn(results)
-    try:
-        got = torch.as_tensor(raw, dtype=torch.float32)
-    except (TypeError, ValueError, RuntimeError):
-        return _failed(f"Return a tensor of shape [6, layers], not {type(raw).__name__}.")
+    got = _as_tensor(raw)
+    if got is None:
+        return _failed(f"Return a tensor of shape [6, layers], not {_show(raw)}.")
     want = _buckets_variant(results)
     if got.shape != want.shape:
         return _failed(f"Shape {tuple(got.shape)}, expected {tuple(want.shape)} = [6 buckets, layers] "
@@ -556,6 +609,13 @@ def check_buckets(fn: Callable, mt: LoadedModel | None = None) -> bool:
         (dict(further_with_last=True), "Your 'further' row includes the last token. 'Further tokens' "
          "are those after the first subsequent token and *before* the last token, which has its own "
          "row."),
+        (dict(skip_after_at_end=True), "When the subject ends right before the last token, its first "
+         "subsequent token *is* the last token: count it in both rows (as the paper's code, "
+         "read_knowlege, does). Only the 'further' row is empty then."),
+        (dict(pooled=True), "You averaged the middle and further rows over all their tokens pooled "
+         "across facts (which is what the official read_knowlege does). This exercise, like "
+         "rome_lib.tracing.bucket_scores, takes each fact's mean first and then the mean over facts, "
+         "so that a long subject does not weigh more than a short one."),
     ]
     for kwargs, hint in mistakes:
         if torch.allclose(got, _buckets_variant(results, **kwargs), atol=1e-5):
