@@ -16,6 +16,7 @@ import time
 import torch
 import transformers
 
+from .hparams import UPDATES
 from .models import ModelNotAvailableError, load_model
 from .real_models import add_models_parser
 from .tracing import KINDS, average_indirect_effects, known_facts, trace_all, trace_json
@@ -134,7 +135,7 @@ def cmd_edit(args) -> dict:
     if args.generate:
         out["generations_pre"] = generate(mt, gen_prompts, 40, seed=0)
     started = time.perf_counter()
-    edit = apply_rome(mt, request)
+    edit = apply_rome(mt, request, _rome_hparams(mt, args))
     out["edit_seconds"] = round(time.perf_counter() - started, 3)
     out["layer"] = edit.layer
     out["post"] = _predict(mt, prompt, new, true)
@@ -158,26 +159,38 @@ def cmd_evaluate(args) -> dict:
     if args.dataset == "zsre":
         from .zsre import evaluate_zsre, zsre_cases
 
-        edit_fn = None if args.method == "none" else _edit_fn(args.method)
+        edit_fn = None if args.method == "none" else _edit_fn(args.method, _rome_hparams(mt, args))
         summary = evaluate_zsre(mt, zsre_cases(records, mt.tokenizer), edit_fn)["summary"]
         out = {"method": args.method, "dataset": "zsre",
                **{k: (100 * v if k != "n" else v) for k, v in summary.items()}}
     else:
         from .evaluation import evaluate
 
-        out = {"dataset": args.dataset,
-               **evaluate(mt, records, args.method, generation=not args.no_generation)}
+        hparams = _rome_hparams(mt, args) if args.method == "rome" else None
+        out = {"dataset": args.dataset, **evaluate(mt, records, args.method, hparams=hparams,
+                                                   generation=not args.no_generation)}
+        if args.method == "rome":
+            out["update"] = args.update
     if not args.json:
         print(", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in out.items()))
     return out
 
 
-def _edit_fn(method: str):
+def _rome_hparams(mt, args):
+    """The model's ROME preset with the update form chosen by ``--update``."""
+    from dataclasses import replace
+
+    from .hparams import ROMEHyperParams
+
+    return replace(ROMEHyperParams.for_model(mt.name, mt.n_layer), update=args.update)
+
+
+def _edit_fn(method: str, hparams=None):
     from .baselines import apply_ft
     from .rome import apply_rome
 
     if method == "rome":
-        return apply_rome
+        return lambda mt, request: apply_rome(mt, request, hparams)
     return lambda mt, request: apply_ft(mt, request, constrained=(method == "ft-l"))
 
 
@@ -213,6 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--samples", type=int, default=10, help="noise draws per cell (default 10)")
         p.add_argument("--noise", type=float, default=None, help="noise std (default 3 x subject std)")
 
+    def update_option(p):
+        p.add_argument("--update", choices=UPDATES, default="official",
+                       help="ROME's update: official (the paper's code: Λ from the bare prompt's key) "
+                            "or consistent (R-ROME: k̄ throughout); default official")
+
     p = sub.add_parser("trace", help="causal trace of one fact")
     common(p)
     p.add_argument("--prompt")
@@ -237,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subject")
     p.add_argument("--target", help="the new object")
     p.add_argument("--generate", action="store_true", help="also generate text before and after")
+    update_option(p)
     p.set_defaults(run=cmd_edit)
 
     p = sub.add_parser("evaluate", help="CounterFact / zsRE metrics of an editing method")
@@ -246,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="toy: the model's own set; counterfact/zsre: the official files")
     p.add_argument("--n", type=int, default=None, help="first N records (default all)")
     p.add_argument("--no-generation", action="store_true", help="skip GE/RS (faster)")
+    update_option(p)
     p.set_defaults(run=cmd_evaluate)
 
     p = sub.add_parser("bench", help="batched vs per-cell tracing (and editing) speed")

@@ -107,3 +107,30 @@ def test_evaluate_on_the_toy_model_reports_the_paper_metrics(capsys):
 def test_bad_edit_requests_are_one_line_and_exit_2(capsys, argv, message):
     code, out, err = run(capsys, *argv, "--model", "toy")
     assert code == 2 and out == "" and message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", ["edit", "evaluate"])
+@pytest.mark.parametrize("update", [None, "consistent"])
+def test_update_option_reaches_rome(capsys, monkeypatch, command, update):
+    """--update official|consistent (default official) picks the form of ROME's update."""
+    from rome_lib import rome
+
+    seen = []
+
+    class NoEdit:
+        layer = 3
+
+        def undo(self):
+            pass
+
+    monkeypatch.setattr(rome, "apply_rome", lambda mt, request, hp=None, **kw: seen.append(hp) or NoEdit())
+    argv = [command, "--model", "toy", "--json"] + (["--update", update] if update else [])
+    if command == "evaluate":
+        argv += ["--method", "rome", "--n", "1", "--no-generation"]
+    code, out, _ = run(capsys, *argv)
+    assert code == 0 and [hp.update for hp in seen] == [update or "official"]
+    if command == "evaluate":
+        assert json.loads(out)["update"] == (update or "official")
+    with pytest.raises(SystemExit) as exit_:
+        run(capsys, command, "--model", "toy", "--update", "r-rome")
+    assert exit_.value.code == 2 and "official" in capsys.readouterr().err
