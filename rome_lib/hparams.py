@@ -38,8 +38,8 @@ class ROMEHyperParams:
 
     layer: the MLP whose output projection is rewritten (l*).
     v_*: the optimisation of v* (Adam on δ, ``v_num_grad_steps`` forward passes as the official loop,
-        which stops before stepping on the last one); weight decay ``v_weight_decay·‖δ‖/‖m₀‖²``;
-        ‖δ‖ clamped to ``clamp_norm_factor·‖m₀‖``; early stop when the *total* loss < ``early_stop_loss``
+        which stops before stepping on the last one); weight decay ``v_weight_decay·‖δ‖/‖m‖²``;
+        ‖δ‖ clamped to ``clamp_norm_factor·‖m‖``, m the MLP output v* is built on (see ``update``); early stop when the *total* loss < ``early_stop_loss``
         (as the official code; the total bounds the NLL, so the NLL is then < 0.05 too).
     kl_factor, kl_prompt: essence-drift term KL(P_edit ‖ P_orig) at the subject's last token of
         ``kl_prompt`` -- the edited distribution first, as the paper's eq. 4 and the official code.
