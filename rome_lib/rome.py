@@ -155,6 +155,15 @@ def context_templates(
 # ----------------------------------------------------------------------------------------------
 # Keys, values and the optimisation of v*
 # ----------------------------------------------------------------------------------------------
+def _right_padded(mt: LoadedModel, rows: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows as one right-padded batch: (input_ids, attention_mask) on the model's device."""
+    width = max(map(len, rows))
+    pad = mt.tokenizer.pad_token_id if mt.tokenizer.pad_token_id is not None else 0
+    input_ids = torch.tensor([list(r) + [pad] * (width - len(r)) for r in rows], device=mt.device)
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=mt.device)
+    return input_ids, mask
+
+
 @dataclass(frozen=True)
 class VProblem:
     """The inputs of v*'s loss, tokenised once (:func:`v_problem`).
@@ -173,7 +182,7 @@ class VProblem:
 
 
 def v_problem(mt: LoadedModel, prompt: str, subject: str, tgt: Sequence[int], templates: Sequence[str],
-              layer: int, kl_prompt: str = "{} is a") -> VProblem:
+              kl_prompt: str = "{} is a") -> VProblem:
     """Tokenise the rows of v*'s loss and read the original distribution at the KL position."""
     spans = [fill(t, prompt, subject) for t in templates] + [fill("{}", kl_prompt, subject)]
     rows, lookup, pos = [], [], []
@@ -184,12 +193,9 @@ def v_problem(mt: LoadedModel, prompt: str, subject: str, tgt: Sequence[int], te
             pos.append([len(ids) - 1 + i for i in range(len(tgt))])
             ids = ids + list(tgt)
         rows.append(ids)
-    width = max(map(len, rows))
-    pad = mt.tokenizer.pad_token_id if mt.tokenizer.pad_token_id is not None else 0
+    input_ids, mask = _right_padded(mt, rows)
     dev = mt.device
-    input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids in rows], device=dev)
-    mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in rows], device=dev)
-    delta_at = torch.zeros(len(rows), width, device=dev)
+    delta_at = torch.zeros(input_ids.shape, device=dev)
     delta_at[torch.arange(len(rows)), torch.tensor(lookup)] = 1.0
     problem = VProblem(input_ids, mask, delta_at,
                        torch.tensor(pos, device=dev, dtype=torch.long).reshape(len(templates), len(tgt)),
@@ -247,10 +253,7 @@ def keys_and_values(mt: LoadedModel, prompt: str, subject: str, layer: int,
     last token of every template, in float32. k̄ = keys.mean(0)."""
     spans = [fill(t, prompt, subject) for t in templates]
     rows, lookup = zip(*(_last_token_in(mt.tokenizer, text, a, b) for text, a, b in spans))
-    width = max(map(len, rows))
-    pad = mt.tokenizer.pad_token_id if mt.tokenizer.pad_token_id is not None else 0
-    input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=mt.device)
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=mt.device)
+    input_ids, mask = _right_padded(mt, rows)
     name = mt.layout.mlp_out_at(layer)
     with trace(mt.model, name, retain_input=True) as rec:
         mt.model(input_ids=input_ids, attention_mask=mask, logits_to_keep=1)
@@ -284,7 +287,7 @@ def compute_v(mt: LoadedModel, request: dict, hparams: ROMEHyperParams,
     k_bare, m_bare = keys[-1], values[-1]
     k_star, m0 = (k_bare, m_bare) if hparams.update == "official" else (k_mean, m_mean)
 
-    problem = v_problem(mt, prompt, subject, tgt, templates, hparams.layer, hparams.kl_prompt)
+    problem = v_problem(mt, prompt, subject, tgt, templates, hparams.kl_prompt)
     delta = torch.zeros_like(m0, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=hparams.v_lr)
     max_norm = hparams.clamp_norm_factor * m0.norm()

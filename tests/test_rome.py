@@ -520,7 +520,7 @@ def test_kl_term_is_kl_of_the_edited_from_the_original(toy, toy_case):
     request, templates, _ = toy_case
     rw = normalize_request(request)
     tgt = toy.tokenizer(rw["target_new"]["str"], add_special_tokens=False)["input_ids"]
-    problem = v_problem(toy, rw["prompt"], rw["subject"], tgt, templates[:2], TOY_HP.layer)
+    problem = v_problem(toy, rw["prompt"], rw["subject"], tgt, templates[:2])
     delta = torch.randn(toy.model.config.n_embd, generator=torch.Generator().manual_seed(0)) * 3
     terms = v_loss(toy, problem, TOY_HP.layer, delta, kl_factor=1.0)
     # log P_orig and log P_edit at the subject's last token of "{s} is a", computed here directly

@@ -216,7 +216,7 @@ def _v_loss_variant(mt: LoadedModel, prompt: str, subject: str, target: str, lay
     = the reference). Differentiable in ``delta``."""
     obj = (" " + target.lstrip()) if space else target.lstrip()
     tgt = target_ids(mt, obj)
-    problem = v_problem(mt, prompt, subject, tgt, templates, layer, KL_PROMPT)
+    problem = v_problem(mt, prompt, subject, tgt, templates, KL_PROMPT)
     spans = [fill(t, prompt, subject) for t in templates] + [fill("{}", KL_PROMPT, subject)]
     ends = [_n_tokens(mt, text) - 1 for text, _, _ in spans]
     if where != "last":  # δ added elsewhere than at the subject's last token
@@ -250,7 +250,7 @@ def v_loss_reference(mt: LoadedModel, prompt: str, subject: str, target: str, la
     last token of every row: :func:`rome_lib.rome.v_loss`, the loss :func:`rome_lib.rome.compute_v`
     minimises (without its weight decay)."""
     tgt = target_ids(mt, " " + target.lstrip())
-    problem = v_problem(mt, prompt, subject, tgt, templates, layer, KL_PROMPT)
+    problem = v_problem(mt, prompt, subject, tgt, templates, KL_PROMPT)
     return v_loss(mt, problem, layer, delta, kl_factor).total
 
 
