@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from .errors import CorpusNotAvailableError, RomeError
 from .estimate import aie_tokens, announcements_to, edit_tokens, warn_if_long
-from .hparams import FTHyperParams, ROMEHyperParams
+from .hparams import UPDATES, FTHyperParams, ROMEHyperParams
 from .models import load_model
 from .real_models import add_models_parser
 from .tracing import KINDS, average_indirect_effects, known_facts, trace_all, trace_json
@@ -152,6 +152,7 @@ def _hparams(args, mt, method: str = "rome") -> ROMEHyperParams | FTHyperParams 
         hp = FTHyperParams.for_model(mt.name, method == "ft-l", mt.n_layer)
         return hp if args.layer is None else dataclasses.replace(hp, layer=args.layer)
     hp = ROMEHyperParams.for_model(mt.name, mt.n_layer)
+    hp = dataclasses.replace(hp, update=args.update)
     if args.layer is not None:
         hp = dataclasses.replace(hp, layer=args.layer)
     if args.corpus is not None:  # "sampled": the default 2,000 texts, not the preset's 100,000
@@ -237,6 +238,8 @@ def cmd_evaluate(args) -> dict:
 
         out = {"dataset": args.dataset, **evaluate(mt, records, args.method, hparams=hparams,
                                                    generation=not args.no_generation)}
+        if args.method == "rome":
+            out["update"] = args.update
     if not args.json:
         print(", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in out.items()))
     return out
@@ -287,6 +290,9 @@ def _edit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", default=None,
                    help="text for ROME's key statistics C: wiki-leads, sampled, toy, wikitext, "
                         "wikipedia or a text file (default: the model's preset)")
+    p.add_argument("--update", choices=UPDATES, default="official",
+                   help="ROME's update: official (Λ from the bare prompt's key, the released code's) "
+                        "or consistent (the averaged key throughout, R-ROME)")
 
 
 def build_parser() -> argparse.ArgumentParser:

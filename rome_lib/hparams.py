@@ -11,19 +11,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The two forms of ROME's update (ROMEHyperParams.update): the official code's, and R-ROME's.
+UPDATES = ("official", "consistent")
+
 # The embedded "toy" model (8 layers, d_model 128). Its causal tracing (lesson 03) shows no clear
 # mid-layer MLP peak at the last subject token (the state effect there is largest among subject
 # tokens in layers 0-4), so the layer and clamp were chosen by editing the first 100 CounterFact-style
-# records (C from the toy corpus, no generation; ES/PS/NS/S):
+# records (C from the toy corpus, no generation; ES/PS/NS/S). Chosen with the consistent update and
+# prefixes of 5 and 10 tokens:
 #   layer 1-5, clamp 4 (official, 20 records): S 0 / 69 / 83 / 81 / 72 -- v* hits the clamp: the toy
 #   model's MLP outputs are small next to its residual stream, so 4·‖m₀‖ cannot reach the target;
 #   layer 3, clamp 10: 99.0 / 93.0 / 96.7 / 96.2;  layer 4, clamp 10: 98.0 / 92.5 / 95.8 / 95.4.
+# Layer 3, clamp 10 with the official prefixes (4 and 9 tokens), same 100 records: official update
+# (the default) 100.0 / 93.5 / 95.7 / 96.3; consistent update 98.0 / 92.5 / 97.0 / 95.8.
 TOY_LAYER = 3
 TOY_CLAMP = 10.0
 
 # SmolLM2-135M (30 layers): its causal tracing over 120 known facts (benchmarks/results/smollm2/)
 # puts the largest MLP effect at the last subject token at layer 3 (AIE .066, window 6). ROME there
-# on 60 edits, S / ES / PS / NS: C from the 10,033 Wikipedia lead sections ("wiki-leads", the
+# on 60 edits (consistent update, prefixes of 5 and 10 tokens), S / ES / PS / NS: C from the 10,033 Wikipedia lead sections ("wiki-leads", the
 # preset) 94.3 / 95.0 / 90.8 / 97.4; C from 2,000 texts the model sampled itself 94.6 / 95.0 / 91.7 /
 # 97.4; at layer 2 (first 20 edits, sampled C) S 91.5.
 SMOLLM2_LAYER = 3
@@ -35,14 +41,21 @@ class ROMEHyperParams:
 
     layer: the MLP whose output projection is rewritten (l*).
     v_*: the optimisation of v* (Adam on δ, ``v_num_grad_steps`` forward passes as the official loop,
-        which stops before stepping on the last one); weight decay ``v_weight_decay·‖δ‖/‖m₀‖²``;
-        ‖δ‖ clamped to ``clamp_norm_factor·‖m₀‖``; early stop when the *total* loss < ``early_stop_loss``
+        which stops before stepping on the last one); weight decay ``v_weight_decay·‖δ‖/‖m‖²``;
+        ‖δ‖ clamped to ``clamp_norm_factor·‖m‖``, m the MLP output v* is built on (see ``update``); early stop when the *total* loss < ``early_stop_loss``
         (as the official code; the total bounds the NLL, so the NLL is then < 0.05 too).
-    kl_factor, kl_prompt: essence-drift term KL(P_orig ‖ P_edit) at the subject's last token of
-        ``kl_prompt``.
+    kl_factor, kl_prompt: essence-drift term KL(P_edit ‖ P_orig) at the subject's last token of
+        ``kl_prompt`` -- the edited distribution first, as the paper's eq. 4 and the official code.
     mom2_*: the key statistics C (see :mod:`rome_lib.covariance`); ``mom2_adjustment=False`` uses C = I.
         ``mom2_corpus`` None means the embedded model's own corpus for "toy" and an error otherwise.
-    context_*: the prefixes sampled from the model: (length in tokens, how many) pairs, top-k, seed.
+    context_*: the prefixes sampled from the model: (generated tokens, how many) pairs, top-k, seed.
+        Official: ``context_template_length_params`` [[5, 10], [10, 10]] are ``generate_fast``'s
+        ``max_out_len``, which counts the ``<|endoftext|>`` it starts from: 4 and 9 generated tokens.
+    update: which key the rank-one update maps exactly to v* (see :mod:`rome_lib.rome`).
+        ``"official"`` (the default; the paper's released code): u = C⁻¹k̄ from the averaged key, but
+        Λ from the bare rewrite prompt's key k_bare, v* = m_bare + δ, and the weight decay and clamp
+        scaled by ‖m_bare‖, so Ŵ k_bare = v*. ``"consistent"`` (R-ROME, Gupta et al. 2024): k̄ in both
+        places, v* = m̄ + δ with m̄ = W k̄ + b, so Ŵ k̄ = v*.
     """
 
     layer: int
@@ -56,9 +69,14 @@ class ROMEHyperParams:
     mom2_adjustment: bool = True
     mom2_corpus: str | None = None
     mom2_n_samples: int | None = 100_000
-    context_lengths: tuple[tuple[int, int], ...] = ((5, 10), (10, 10))
+    context_lengths: tuple[tuple[int, int], ...] = ((4, 10), (9, 10))
     context_top_k: int = 5
     seed: int = 0
+    update: str = "official"
+
+    def __post_init__(self) -> None:
+        if self.update not in UPDATES:
+            raise ValueError(f"update={self.update!r}: use one of {', '.join(UPDATES)}.")
 
     @classmethod
     def for_model(cls, name: str, n_layer: int | None = None) -> "ROMEHyperParams":
@@ -124,4 +142,4 @@ class FTHyperParams:
         return cls(layer=layer, lr=1e-2)
 
 
-__all__ = ["TOY_LAYER", "TOY_CLAMP", "SMOLLM2_LAYER", "ROMEHyperParams", "ROME_PRESETS", "FTHyperParams"]
+__all__ = ["UPDATES", "TOY_LAYER", "TOY_CLAMP", "SMOLLM2_LAYER", "ROMEHyperParams", "ROME_PRESETS", "FTHyperParams"]

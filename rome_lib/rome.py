@@ -4,26 +4,30 @@ To insert a new fact (s, r, o*) -- e.g. "Michael Jordan plays the sport of" → 
 the output projection W of the MLP at layer l* so that the key of the subject maps to a new value:
 
 1. **Context templates** (:func:`context_templates`): short prefixes sampled from the model itself
-   (official: 10 of 5 tokens + 10 of 10 tokens, top-k 5), each as "<prefix>. {}", plus the bare "{}".
-2. **k*** (:func:`keys_and_values`): the mean, over the templates, of the key (input of W) at the
-   subject's last token.
+   (official: 10 of 4 generated tokens + 10 of 9, top-k 5 -- the official ``max_out_len`` 5 and 10
+   count the ``<|endoftext|>`` the sampling starts from), each as "<prefix>. {}", plus the bare "{}".
+2. **Keys** (:func:`keys_and_values`): the key (input of W) at the subject's last token of every
+   template; k̄ is their mean (the paper's k*), k_bare the bare prompt's.
 3. **v*** (:func:`compute_v`): the MLP output at that token that makes the model say o*: Adam on a
-   δ added to W's output at the subject's last token of every template, minimising the mean
-   teacher-forced NLL of o* + kl_factor · KL(P_orig ‖ P_edit) on "{s} is a" + a weight decay, with
-   ‖δ‖ clamped.
-4. **The update** (:func:`rank_one_update`): Ŵ = W + Λ (C⁻¹k*)ᵀ, Λ = (v* − W k*) / ((C⁻¹k*)ᵀ k*),
-   with C = E[k kᵀ] from :mod:`rome_lib.covariance` (or I when ``mom2_adjustment`` is off). Then
-   Ŵ k* = v* exactly, and any key k with (C⁻¹k*)ᵀ k = 0 keeps its output.
+   δ added to W's output at the subject's last token of every template, minimising :func:`v_loss`
+   (the mean teacher-forced NLL of o* + kl_factor · KL(P_edit ‖ P_orig) on "{s} is a", eq. 4) + a
+   weight decay, with ‖δ‖ clamped.
+4. **The update** (:func:`rank_one_update`): Ŵ = W + Λ uᵀ with u = C⁻¹k̄, C = E[k kᵀ] from
+   :mod:`rome_lib.covariance` (or I when ``mom2_adjustment`` is off), and Λ = (v* − W k − b) / (uᵀk),
+   so that Ŵ k = v* exactly for the key k below; any key k' with uᵀk' = 0 keeps its output.
 
-**Which key in Λ.** The official code builds u = C⁻¹k̄ from the *averaged* key k̄ but divides by
-uᵀk and subtracts W k for the *bare prompt's* key k (its ``cur_input``/``cur_output``), with
-v* = m_k + δ built on the bare prompt's output: the edited layer maps the bare key k exactly to v*,
-while δ was optimised for every template and the other templates' keys get the update scaled by
-uᵀk_j / uᵀk (R-ROME, Gupta et al. 2024, traced instabilities to this asymmetry). We use **k̄ in both
-places** (k* = k̄): Ŵ k̄ = v* holds exactly. For the same reason v* is built on the mean original
-output m̄ = W k̄ + b (= the mean over the templates of the outputs, by linearity): v* = m̄ + δ, and
-‖m̄‖ is the ‖m₀‖ of the weight decay and the clamp. The bare prompt itself is then only as well
-served as its key resembles k̄ (lesson 05 measures the ratio).
+**Which key in Λ** (``hparams.update``):
+
+- ``"official"`` (the default; what the paper's released code computes): u from the averaged key
+  k̄, but Λ from the *bare* rewrite prompt's key k_bare and output m_bare = W k_bare + b (the
+  official ``cur_input``/``cur_output``), with v* = m_bare + δ and the weight decay and clamp scaled
+  by ‖m_bare‖ (its ``target_init``, read at the bare prompt). The edited layer maps k_bare exactly
+  to v*, while δ was optimised for every template: a template's key k_j gets the update scaled by
+  uᵀk_j / uᵀk_bare.
+- ``"consistent"`` (R-ROME, Gupta et al. 2024, who traced unstable edits to that asymmetry): k̄ in
+  both places, v* = m̄ + δ with m̄ = W k̄ + b (= the mean of the templates' outputs, by linearity),
+  and ‖m̄‖ in the decay and clamp, so Ŵ k̄ = v* exactly; the bare prompt is then served only as far
+  as its key resembles k̄.
 
 :func:`apply_rome` returns an :class:`Edit` that keeps the original weight and restores it bit for
 bit with :meth:`Edit.undo`; edits on one model form a stack and must be undone in LIFO order.
@@ -31,9 +35,10 @@ bit with :meth:`Edit.undo`; edits on one model form a stack and must be undone i
 
 from __future__ import annotations
 
+import unicodedata
 import warnings
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import torch
@@ -121,14 +126,16 @@ def sample_prefixes(mt: LoadedModel, n: int, length: int, top_k: int, generator:
 
 def context_templates(
     mt: LoadedModel,
-    lengths: Sequence[tuple[int, int]] = ((5, 10), (10, 10)),
+    lengths: Sequence[tuple[int, int]] = ((4, 10), (9, 10)),
     top_k: int = 5,
     seed: int = 0,
 ) -> list[str]:
     """``["{}", "<prefix>. {}", ...]``: prefixes sampled from ``mt`` (seeded), cached per model.
 
-    ``lengths`` lists (tokens, count) pairs; official: 10 of 5 tokens and 10 of 10 tokens, top-k 5.
-    Braces in a sampled prefix become spaces so the template has exactly one placeholder.
+    ``lengths`` lists (generated tokens, count) pairs. Official: 10 of 4 tokens and 10 of 9 tokens,
+    top-k 5 -- its ``generate_fast`` stops when the sequence, *including* the ``<|endoftext|>`` it
+    starts from, reaches ``max_out_len`` 5 or 10. As there, each prefix is NFKD-normalised with
+    blank lines turned into spaces; braces become spaces so the template has one placeholder.
     """
     key = (mt.name, id(mt.model), tuple(map(tuple, lengths)), top_k, seed)
     if key not in _TEMPLATE_CACHE:
@@ -136,6 +143,7 @@ def context_templates(
         templates = ["{}"]
         for length, count in lengths:
             for text in sample_prefixes(mt, count, length, top_k, generator):
+                text = unicodedata.normalize("NFKD", text).replace("\n\n", " ")
                 templates.append(text.replace("{", " ").replace("}", " ") + ". {}")
         _TEMPLATE_CACHE[key] = templates
     return list(_TEMPLATE_CACHE[key])
@@ -144,109 +152,152 @@ def context_templates(
 # ----------------------------------------------------------------------------------------------
 # Keys, values and the optimisation of v*
 # ----------------------------------------------------------------------------------------------
-@dataclass
-class _Batch:
-    input_ids: torch.Tensor  # [N, T] right-padded
-    attention_mask: torch.Tensor
-    lookup: torch.Tensor  # [N] subject's last token per row
-    target_pos: torch.Tensor  # [N', L] positions whose next-token prediction is a target token
-    target_ids: torch.Tensor  # [L]
-
-
-def _build_batch(mt: LoadedModel, texts_spans: list[tuple[str, int, int]], tgt: list[int],
-                 n_rewrite: int) -> _Batch:
-    """Rows 0..n_rewrite-1: text + target tokens (teacher forcing); later rows: text only."""
-    rows, lookup, pos = [], [], []
-    for r, (text, a, b) in enumerate(texts_spans):
-        ids, last = _last_token_in(mt.tokenizer, text, a, b)
-        lookup.append(last)
-        if r < n_rewrite:
-            pos.append([len(ids) - 1 + i for i in range(len(tgt))])
-            ids = ids + tgt
-        rows.append(ids)
+def _right_padded(mt: LoadedModel, rows: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows as one right-padded batch: (input_ids, attention_mask) on the model's device."""
     width = max(map(len, rows))
     pad = mt.tokenizer.pad_token_id if mt.tokenizer.pad_token_id is not None else 0
-    input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids in rows])
-    mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in rows])
+    input_ids = torch.tensor([list(r) + [pad] * (width - len(r)) for r in rows], device=mt.device)
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=mt.device)
+    return input_ids, mask
+
+
+@dataclass(frozen=True)
+class VProblem:
+    """The inputs of v*'s loss, tokenised once (:func:`v_problem`).
+
+    Rows 0..n−1: the filled templates followed by the target's tokens (teacher forcing); the last
+    row: the KL prompt. Right-padded.
+    """
+
+    input_ids: torch.Tensor  # [n+1, T]
+    attention_mask: torch.Tensor  # [n+1, T]
+    delta_at: torch.Tensor  # [n+1, T]: 1 where δ is added (the subject's last token of each row)
+    target_pos: torch.Tensor  # [n, L]: positions whose next-token prediction is a target token
+    target_ids: torch.Tensor  # [L]
+    kl_at: int  # position in the last row where the KL is read (the subject's last token)
+    kl_init: torch.Tensor  # [V]: log P_orig there, without δ
+
+
+def v_problem(mt: LoadedModel, prompt: str, subject: str, tgt: Sequence[int], templates: Sequence[str],
+              kl_prompt: str = "{} is a") -> VProblem:
+    """Tokenise the rows of v*'s loss and read the original distribution at the KL position."""
+    spans = [fill(t, prompt, subject) for t in templates] + [fill("{}", kl_prompt, subject)]
+    rows, lookup, pos = [], [], []
+    for r, (text, a, b) in enumerate(spans):
+        ids, last = _last_token_in(mt.tokenizer, text, a, b)
+        lookup.append(last)
+        if r < len(templates):
+            pos.append([len(ids) - 1 + i for i in range(len(tgt))])
+            ids = ids + list(tgt)
+        rows.append(ids)
+    input_ids, mask = _right_padded(mt, rows)
     dev = mt.device
-    return _Batch(input_ids.to(dev), mask.to(dev), torch.tensor(lookup, device=dev),
-                  torch.tensor(pos, device=dev).reshape(n_rewrite, len(tgt)),
-                  torch.tensor(tgt, device=dev))
+    delta_at = torch.zeros(input_ids.shape, device=dev)
+    delta_at[torch.arange(len(rows)), torch.tensor(lookup)] = 1.0
+    problem = VProblem(input_ids, mask, delta_at,
+                       torch.tensor(pos, device=dev, dtype=torch.long).reshape(len(templates), len(tgt)),
+                       torch.tensor(list(tgt), device=dev), lookup[-1], torch.empty(0))
+    with torch.no_grad():
+        logits = mt.model(input_ids=problem.input_ids[-1:], attention_mask=mask[-1:]).logits
+    return replace(problem, kl_init=torch.log_softmax(logits[0, problem.kl_at].float(), -1))
+
+
+@dataclass
+class VLoss:
+    """v*'s loss without the weight decay, and its parts."""
+
+    total: torch.Tensor  # nll_each.mean() + kl_factor · kl
+    nll_each: torch.Tensor  # [n]: mean token NLL of the target after each template
+    kl: torch.Tensor  # KL(P_edit ‖ P_orig) at the KL position
+    kl_log_probs: torch.Tensor  # [V]: log P_edit there
+
+
+def kl_edit_orig(edit_log_probs: torch.Tensor, orig_log_probs: torch.Tensor) -> torch.Tensor:
+    """KL(P_edit ‖ P_orig) = Σ P_edit (log P_edit − log P_orig): the edited distribution first, as
+    the paper's eq. 4 and the official ``F.kl_div(kl_distr_init, kl_log_probs, log_target=True)``
+    (``F.kl_div(input, target)`` is KL(target ‖ input))."""
+    return F.kl_div(orig_log_probs, edit_log_probs, log_target=True, reduction="sum")
+
+
+def v_loss(mt: LoadedModel, problem: VProblem, layer: int, delta: torch.Tensor,
+           kl_factor: float) -> VLoss:
+    """The loss v* minimises (paper eq. 4, without the weight decay), differentiable in ``delta``:
+    δ added to the output of ``layer``'s MLP at the subject's last token of every row; the mean over
+    templates of the mean teacher-forced NLL of the target + kl_factor · KL(P_edit ‖ P_orig) at the
+    subject's last token of the KL prompt ("essence drift")."""
+    at = problem.delta_at[..., None]
+
+    def add_delta(out, _name):
+        return out + at.to(out.dtype) * delta.to(out.dtype)
+
+    with trace(mt.model, mt.layout.mlp_out_at(layer), retain_output=False, edit_output=add_delta,
+               detach=False):
+        logits = mt.model(input_ids=problem.input_ids, attention_mask=problem.attention_mask).logits
+    n = problem.target_pos.shape[0]
+    log_probs = torch.log_softmax(logits[:n].float(), -1)
+    picked = log_probs[torch.arange(n, device=logits.device)[:, None], problem.target_pos,
+                       problem.target_ids[None, :]]  # [n, L]
+    nll_each = -picked.mean(1)
+    kl_log = torch.log_softmax(logits[n, problem.kl_at].float(), -1)
+    kl = kl_edit_orig(kl_log, problem.kl_init)
+    return VLoss(nll_each.mean() + kl_factor * kl, nll_each, kl, kl_log)
 
 
 @torch.no_grad()
 def keys_and_values(mt: LoadedModel, prompt: str, subject: str, layer: int,
                     templates: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys (W's input) [N, d_in] and original values (W's output) [N, d_out] at the subject's
-    last token of every template, in float32. k* = keys.mean(0)."""
+    last token of every template, in float32. k̄ = keys.mean(0)."""
     spans = [fill(t, prompt, subject) for t in templates]
-    batch = _build_batch(mt, spans, [], 0)
+    rows, lookup = zip(*(_last_token_in(mt.tokenizer, text, a, b) for text, a, b in spans))
+    input_ids, mask = _right_padded(mt, rows)
     name = mt.layout.mlp_out_at(layer)
     with trace(mt.model, name, retain_input=True) as rec:
-        mt.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=1)
-    rows = torch.arange(len(spans), device=mt.device)
-    return rec[name].input[rows, batch.lookup].float(), rec[name].output[rows, batch.lookup].float()
+        mt.model(input_ids=input_ids, attention_mask=mask, logits_to_keep=1)
+    rows_idx, at = torch.arange(len(spans), device=mt.device), torch.tensor(lookup, device=mt.device)
+    return rec[name].input[rows_idx, at].float(), rec[name].output[rows_idx, at].float()
 
 
 def compute_k(mt: LoadedModel, request: dict, layer: int, templates: Sequence[str]) -> torch.Tensor:
-    """k* = mean over the templates of the key at the subject's last token (float32, [d_in])."""
+    """k̄ (the paper's k*) = mean over the templates of the key at the subject's last token
+    (float32, [d_in])."""
     keys, _ = keys_and_values(mt, request["prompt"], request["subject"], layer, templates)
     return keys.mean(0)
 
 
 def compute_v(mt: LoadedModel, request: dict, hparams: ROMEHyperParams,
               templates: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """``(k*, v*, info)`` -- v* = m̄ + δ with δ optimised as in the paper (eq. 4).
+    """``(k, v*, info)``: v* = m + δ, δ optimised as in the paper (eq. 4), and the key k that the
+    update must map exactly to v*.
 
-    Loss = mean over templates of the mean token NLL of the teacher-forced target
-    + kl_factor · KL(P_orig ‖ P_edit) at the subject's last token of ``kl_prompt``
-    + v_weight_decay · ‖δ‖ / ‖m̄‖². After each Adam step ‖δ‖ is clamped to clamp_norm_factor·‖m̄‖.
-    ``info`` holds the losses per step and the final probability of the target.
+    ``hparams.update`` "official": k = k_bare and m = m_bare, the bare prompt's key and MLP output;
+    "consistent": k = k̄ and m = m̄ = W k̄ + b. Loss = :func:`v_loss` (mean template NLL +
+    kl_factor · KL(P_edit ‖ P_orig)) + v_weight_decay · ‖δ‖ / ‖m‖²; after each Adam step ‖δ‖ is
+    clamped to clamp_norm_factor · ‖m‖. ``info`` holds k̄ ("k_mean", from which u = C⁻¹k̄ is built
+    in both forms), k_bare, the losses per step and the final probability of the target.
     """
     request = normalize_request(request)
     prompt, subject = request["prompt"], request["subject"]
     tgt = target_ids(mt, request["target_new"]["str"])
-    layer, model = hparams.layer, mt.model
-    name = mt.layout.mlp_out_at(layer)
-    keys, values = keys_and_values(mt, prompt, subject, layer, templates)
-    k_star, m0 = keys.mean(0), values.mean(0)  # m0 = W k* + b by linearity
+    keys, values = keys_and_values(mt, prompt, subject, hparams.layer, [*templates, "{}"])
+    k_mean, m_mean = keys[:-1].mean(0), values[:-1].mean(0)  # m̄ = W k̄ + b by linearity
+    k_bare, m_bare = keys[-1], values[-1]
+    k_star, m0 = (k_bare, m_bare) if hparams.update == "official" else (k_mean, m_mean)
 
-    spans = [fill(t, prompt, subject) for t in templates]
-    spans.append(fill("{}", hparams.kl_prompt, subject))
-    n = len(templates)
-    batch = _build_batch(mt, spans, tgt, n)
-    rows = torch.arange(n + 1, device=mt.device)
+    problem = v_problem(mt, prompt, subject, tgt, templates, hparams.kl_prompt)
     delta = torch.zeros_like(m0, requires_grad=True)
-
-    def add_delta(out, _name):
-        out = out.clone()
-        out[rows, batch.lookup] = out[rows, batch.lookup] + delta.to(out.dtype)
-        return out
-
     opt = torch.optim.Adam([delta], lr=hparams.v_lr)
     max_norm = hparams.clamp_norm_factor * m0.norm()
-    kl_init = None
     history: list[dict] = []
     with torch.enable_grad():
         for step in range(hparams.v_num_grad_steps):
             opt.zero_grad()
-            with trace(model, name, retain_output=False, edit_output=add_delta, detach=False):
-                logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            log_probs = torch.log_softmax(logits[:n].float(), -1)
-            picked = log_probs[torch.arange(n, device=mt.device)[:, None], batch.target_pos,
-                               batch.target_ids[None, :]]  # [n, L]
-            nll_each = -picked.mean(1)
-            nll = nll_each.mean()
-            kl_log = torch.log_softmax(logits[n, batch.lookup[n]].float(), -1)
-            if kl_init is None:
-                kl_init = kl_log.detach()
-            # KL(P_orig ‖ P_edit) as the paper's eq. 4 (the official code passes the arguments the
-            # other way round, i.e. KL(P_edit ‖ P_orig)).
-            kl = hparams.kl_factor * F.kl_div(kl_log, kl_init, log_target=True, reduction="sum")
+            terms = v_loss(mt, problem, hparams.layer, delta, hparams.kl_factor)
             decay = hparams.v_weight_decay * delta.norm() / m0.norm() ** 2
-            loss = nll + kl + decay
-            history.append({"loss": loss.item(), "nll": nll.item(), "kl": kl.item(),
-                            "decay": decay.item(), "p_target": torch.exp(-nll_each).mean().item()})
+            loss = terms.total + decay
+            history.append({"loss": loss.item(), "nll": terms.nll_each.mean().item(),
+                            "kl": hparams.kl_factor * terms.kl.item(), "decay": decay.item(),
+                            "p_target": torch.exp(-terms.nll_each).mean().item()})
             if loss.item() < hparams.early_stop_loss or step == hparams.v_num_grad_steps - 1:
                 break
             loss.backward()
@@ -256,7 +307,8 @@ def compute_v(mt: LoadedModel, request: dict, hparams: ROMEHyperParams,
                     delta.mul_(max_norm / delta.norm())
     v_star = (m0 + delta).detach()
     return k_star, v_star, {"history": history, "delta_norm": delta.norm().item(),
-                            "m0_norm": m0.norm().item(), "target_ids": tgt}
+                            "m0_norm": m0.norm().item(), "target_ids": tgt, "k_mean": k_mean,
+                            "k_bare": k_bare, "update": hparams.update}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -291,14 +343,16 @@ def inverse_cov_times(cov: torch.Tensor | None, k: torch.Tensor) -> torch.Tensor
 
 
 def rank_one_update(weight: torch.Tensor, transposed: bool, k_star: torch.Tensor,
-                    residual: torch.Tensor, cov: torch.Tensor | None) -> torch.Tensor:
+                    residual: torch.Tensor, cov: torch.Tensor | None,
+                    u_key: torch.Tensor | None = None) -> torch.Tensor:
     """ΔW (same shape/layout as ``weight``, float32) with ΔW k* = ``residual`` = v* − (W k* + b).
 
     ΔW = Λ uᵀ with u = C⁻¹k* and Λ = residual / (uᵀk*): the solution of min ‖ΔW K‖ (all other keys,
-    weighted by C = K Kᵀ/n) subject to (W + ΔW) k* = v* (paper eq. 2). Computed in float64 and
-    returned in float32, whatever the model's dtype.
+    weighted by C = K Kᵀ/n) subject to (W + ΔW) k* = v* (paper eq. 2). ``u_key`` builds u from
+    another key (u = C⁻¹ u_key) while Λ still uses k*: the official update, u from k̄ and Λ from the
+    bare prompt's key. Computed in float64 and returned in float32, whatever the model's dtype.
     """
-    u = inverse_cov_times(cov, k_star)
+    u = inverse_cov_times(cov, k_star if u_key is None else u_key)
     denom = u @ k_star.detach().double().cpu()
     lam = residual.detach().double().cpu() / denom
     upd = torch.outer(lam, u).float()  # [out, in]
@@ -424,9 +478,11 @@ def apply_rome(
 ) -> Edit:
     """Insert ``request``'s fact into ``mt`` in place; return the :class:`Edit` (``.undo()``).
 
-    ``hparams`` defaults to the preset for ``mt.name``. ``cov`` overrides the key statistics C (else
+    ``hparams`` defaults to the preset for ``mt.name`` (``hparams.update`` picks the official or the
+    consistent update, see the module docstring). ``cov`` overrides the key statistics C (else
     :func:`get_cov`; ignored when mom2_adjustment is off). ``templates`` overrides the sampled
-    context templates. ``edit.info`` holds k*, v*, the update's norm and the optimisation history.
+    context templates. ``edit.info`` holds ``k_star`` (the key mapped exactly to ``v_star``: k_bare
+    or k̄), ``k_mean`` (k̄, from which u is built), the update's norm and the optimisation history.
     """
     request = normalize_request(request)
     if hparams is None:
@@ -445,7 +501,8 @@ def apply_rome(
     module = get_module(mt.model, mt.layout.mlp_out_at(hparams.layer))
     residual = v_star - project(module, mt.layout.out_weight_transposed, k_star)
     weight_name = mt.layout.mlp_out_at(hparams.layer) + ".weight"
-    upd = rank_one_update(module.weight, mt.layout.out_weight_transposed, k_star, residual, cov)
+    upd = rank_one_update(module.weight, mt.layout.out_weight_transposed, k_star, residual, cov,
+                          u_key=info["k_mean"])
 
     edit = Edit.begin(mt, "rome", request, hparams.layer, [weight_name])
     with torch.no_grad():
@@ -457,6 +514,7 @@ def apply_rome(
 
 __all__ = [
     "EditOrderError", "Edit", "normalize_request", "target_ids", "fill", "context_templates",
-    "keys_and_values", "compute_k", "compute_v", "weight_as_out_in", "project", "inverse_cov_times",
+    "VProblem", "VLoss", "v_problem", "v_loss", "kl_edit_orig", "keys_and_values", "compute_k",
+    "compute_v", "weight_as_out_in", "project", "inverse_cov_times",
     "rank_one_update", "get_cov", "apply_rome", "active_edits", "undo_all",
 ]

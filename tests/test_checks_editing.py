@@ -64,7 +64,7 @@ def test_check_compute_k_bare_prompt_only(mt, capsys):
 
 # ---- exercise 2: the v* loss ------------------------------------------------------------------
 def v_loss(mt, prompt, subject, target, layer, delta, templates, kl_factor=0.0625, *, space=True,
-           kl="forward", everywhere=False, reduce="mean", per_template=False):
+           kl="paper", everywhere=False, reduce="mean", per_template=False):
     target = " " + target.strip() if space else target.strip()
     tgt = mt.tokenizer(target, add_special_tokens=False)["input_ids"]
     name = mt.layout.mlp_out_at(layer)
@@ -96,10 +96,10 @@ def v_loss(mt, prompt, subject, target, layer, delta, templates, kl_factor=0.062
         orig = torch.log_softmax(mt.model(ids).logits[0, last], -1)
     with trace(mt.model, name, edit_output=add_at(last), detach=False):
         edit = torch.log_softmax(mt.model(ids).logits[0, last], -1)
-    if kl == "forward":
-        div = F.kl_div(edit, orig, log_target=True, reduction="sum")
-    elif kl == "reverse":
+    if kl == "paper":  # eq. 4: KL(P_edit ‖ P_orig); F.kl_div(input, target) is KL(target ‖ input)
         div = F.kl_div(orig, edit, log_target=True, reduction="sum")
+    elif kl == "reverse":  # KL(P_orig ‖ P_edit)
+        div = F.kl_div(edit, orig, log_target=True, reduction="sum")
     else:
         div = torch.zeros(())
     if per_template:  # mistake: one loss per template

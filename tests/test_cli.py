@@ -181,3 +181,29 @@ def test_a_long_step_is_announced_on_stderr_and_json_stays_clean(capsys, model_d
     code, out, err = run(capsys, "aie", "--model", model_dir, "--n", "1", "--samples", "2", "--json")
     assert code == 0 and json.loads(out)["n"] == 1
     assert "AIE over 1 facts will take about" in err and "Cheaper: fewer facts (--n)" in err
+
+
+@pytest.mark.parametrize("command", ["edit", "evaluate"])
+@pytest.mark.parametrize("update", [None, "consistent"])
+def test_update_option_reaches_rome(capsys, monkeypatch, command, update):
+    """--update official|consistent (default official) picks the form of ROME's update."""
+    from rome_lib import rome
+
+    seen = []
+
+    class NoEdit:
+        layer = 3
+
+        def undo(self):
+            pass
+
+    monkeypatch.setattr(rome, "apply_rome", lambda mt, request, hp=None, **kw: seen.append(hp) or NoEdit())
+    argv = [command, "--model", "toy", "--json"] + (["--update", update] if update else [])
+    if command == "evaluate":
+        argv += ["--method", "rome", "--n", "1", "--no-generation"]
+    code, out, _ = run(capsys, *argv)
+    assert code == 0 and [hp.update for hp in seen] == [update or "official"]
+    if command == "evaluate":
+        assert json.loads(out)["update"] == (update or "official")
+    code, out, err = run(capsys, command, "--model", "toy", "--update", "r-rome")
+    one_line_error(code, out, err, "invalid choice: 'r-rome'")

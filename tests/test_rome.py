@@ -9,16 +9,17 @@ from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from rome_lib.covariance import compute_mom2
 from rome_lib.hooks import get_module
 from rome_lib.hparams import ROMEHyperParams
-from rome_lib.models import LoadedModel
+from rome_lib.models import LoadedModel, load_model
 from rome_lib.rome import (
     EditOrderError, active_edits, apply_rome, compute_v, context_templates, keys_and_values,
-    normalize_request, project, rank_one_update, undo_all, weight_as_out_in,
+    normalize_request, project, rank_one_update, undo_all, v_loss, v_problem, weight_as_out_in,
 )
 from tests.conftest import SENTENCES
 
@@ -143,8 +144,8 @@ def test_edit_is_rank_one_and_maps_k_to_v(request, fixture):
         out = project(module, mt.layout.out_weight_transposed, k_star)
         assert (out - v_star).norm() / v_star.norm() < 1e-4
         assert (v_star - project_with(w0, module, mt, k_star)).norm() > 1e-3  # something changed
-        # Keys orthogonal to C⁻¹k* (in the C⁻¹ sense) keep their outputs.
-        u = torch.linalg.solve(cov.double(), k_star.double())
+        # Keys orthogonal to u = C⁻¹k̄ keep their outputs (official update: Λ from k_bare = k_star).
+        u = torch.linalg.solve(cov.double(), edit.info["k_mean"].double())
         for seed in range(3):
             k = torch.randn(k_star.shape, generator=torch.Generator().manual_seed(seed)).double()
             k = k - (u @ k) / (u @ u) * u  # now uᵀk = 0
@@ -208,7 +209,7 @@ def test_identity_covariance_update_lies_along_k(tiny_gpt2):
     w0 = module.weight.detach().clone()
     with apply_rome(mt, REQUEST, replace(FAST, mom2_adjustment=False)) as edit:
         dw = weight_as_out_in(module.weight.detach() - w0, True).double()
-        k = edit.info["k_star"].double()
+        k = edit.info["k_mean"].double()  # u = k̄ when C = I, in both forms of the update
         residual = dw - torch.outer(dw @ k / (k @ k), k)
         assert residual.norm() < 1e-5 * dw.norm()
 
@@ -277,15 +278,31 @@ def test_half_precision_model(tiny_gpt2):
 
 
 def test_context_templates_seeded_and_cached(tiny_gpt2):
-    a = context_templates(tiny_gpt2, ((5, 10), (10, 10)), 5, seed=0)
+    a = context_templates(tiny_gpt2, ((4, 10), (9, 10)), 5, seed=0)
     assert len(a) == 21 and a[0] == "{}"
     assert all(t.endswith(". {}") and t.count("{}") == 1 for t in a[1:])
-    assert a == context_templates(tiny_gpt2, ((5, 10), (10, 10)), 5, seed=0)
+    assert a == context_templates(tiny_gpt2, ((4, 10), (9, 10)), 5, seed=0)
     from rome_lib import rome
 
     rome._TEMPLATE_CACHE.clear()
-    assert a == context_templates(tiny_gpt2, ((5, 10), (10, 10)), 5, seed=0)  # seeded, not cached luck
-    assert a != context_templates(tiny_gpt2, ((5, 10), (10, 10)), 5, seed=1)
+    assert a == context_templates(tiny_gpt2, ((4, 10), (9, 10)), 5, seed=0)  # seeded, not cached luck
+    assert a != context_templates(tiny_gpt2, ((4, 10), (9, 10)), 5, seed=1)
+
+
+def test_context_templates_have_the_official_lengths(tiny_gpt2, monkeypatch):
+    """The official generate_fast stops at max_out_len 5 / 10 tokens *counting* its <|endoftext|>
+    prompt: 4 and 9 sampled tokens, which is what the default lengths ask the sampler for."""
+    from rome_lib import rome
+
+    assert ROMEHyperParams(layer=0).context_lengths == ((4, 10), (9, 10))
+    asked = []
+    real = rome.sample_prefixes
+    monkeypatch.setattr(rome, "sample_prefixes", lambda mt, n, length, *a: asked.append(length) or
+                        real(mt, n, length, *a))
+    rome._TEMPLATE_CACHE.clear()
+    context_templates(tiny_gpt2)
+    assert asked == [4, 9]
+    rome._TEMPLATE_CACHE.clear()
 
 
 def test_keys_at_last_subject_token(tiny_gpt2):
@@ -363,3 +380,168 @@ def test_presets():
     assert (hp.v_num_grad_steps, hp.v_lr, hp.kl_factor, hp.clamp_norm_factor, hp.mom2_adjustment) == (
         20, 0.5, 0.0625, 4.0, True)
     assert ROMEHyperParams.for_model("/tmp/some/folder", n_layer=12).layer == 4
+
+
+# ----------------------------------------------------------------------------------------------
+# The two forms of the update on the embedded toy model, against the official code's formulas
+# ----------------------------------------------------------------------------------------------
+TOY_HP = replace(ROMEHyperParams.for_model("toy"), v_num_grad_steps=6)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return load_model("toy", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def toy_case(toy):
+    """A toy CounterFact request, 7 sampled templates, and a C from 300 toy-corpus sentences."""
+    import json
+
+    from rome_lib.covariance import load_corpus
+
+    request = json.loads(toy.data_file("counterfact.json").read_text())[0]["requested_rewrite"]
+    templates = context_templates(toy, ((4, 3), (9, 3)), 5, seed=0)
+    cov = compute_mom2(toy, TOY_HP.layer, load_corpus("toy", None)[1][:300], progress=False)[0]
+    return request, templates, cov
+
+
+def official_delta_w(mt, request, hp, templates, cov):
+    """ΔW as the official code computes it (kmeng01/rome: compute_u, compute_v, rome_main), written
+    out here with plain forward hooks: u = C⁻¹k̄ / ‖C⁻¹k̄‖; δ by Adam on NLL + kl_factor ·
+    kl_div(kl_distr_init, kl_log_probs, log_target) + decay·‖δ‖/‖target_init‖² (target_init: the MLP
+    output at the bare prompt, the first template), clamped to clamp·‖target_init‖; right vector
+    (target_init + δ − cur_output) / (cur_input · u) at the bare prompt; ΔW = u ⊗ right ([in, out])."""
+    tok, model = mt.tokenizer, mt.model
+    proj = get_module(model, mt.layout.mlp_out_at(hp.layer))
+    target = tok(" " + request["target_new"]["str"].strip(), add_special_tokens=False)["input_ids"]
+
+    def lookup(text_template):  # "subject_last": the tokens up to and including the subject, − 1
+        return len(tok(text_template[: text_template.index("{}")] + request["subject"])["input_ids"]) - 1
+
+    prompts = [t.replace("{}", request["prompt"]) for t in templates]
+    rows = [tok(p.format(request["subject"]))["input_ids"] for p in prompts]
+    kl_row = tok(hp.kl_prompt.format(request["subject"]))["input_ids"]
+    idxs = [lookup(p) for p in prompts] + [lookup(hp.kl_prompt)]
+    full = [r + target[:-1] for r in rows] + [kl_row]  # the official prompt + decode(target[:-1])
+    width = max(map(len, full))
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in full])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in full])
+
+    def grab(text):  # input and output of the projection at the bare prompt's subject
+        got = {}
+        h = proj.register_forward_hook(lambda m, i, o: got.update(i=i[0].detach(), o=o.detach()))
+        with torch.no_grad():
+            model(torch.tensor([tok(text.format(request["subject"]))["input_ids"]]))
+        h.remove()
+        return got["i"][0, lookup(text)], got["o"][0, lookup(text)]
+
+    keys = torch.stack([grab(p)[0] for p in prompts])
+    u = torch.linalg.solve(cov.double(), keys.mean(0).double()).float()
+    u = u / u.norm()
+
+    delta = torch.zeros(model.config.n_embd, requires_grad=True)
+    state = {"target_init": None}
+
+    def add(module, inputs, out):
+        if state["target_init"] is None:
+            state["target_init"] = out[0, idxs[0]].detach().clone()
+        out = out.clone()
+        for i, j in enumerate(idxs):
+            out[i, j] = out[i, j] + delta
+        return out
+
+    opt = torch.optim.Adam([delta], lr=hp.v_lr)
+    kl_init = None
+    for it in range(hp.v_num_grad_steps):
+        opt.zero_grad()
+        h = proj.register_forward_hook(add)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        h.remove()
+        kl_log_probs = torch.log_softmax(logits[-1:, idxs[-1]], 1)
+        if kl_init is None:
+            kl_init = kl_log_probs.detach().clone()
+        log_probs = torch.log_softmax(logits[:-1], 2)
+        nll_each = torch.stack([-log_probs[i, len(r) - 1 + torch.arange(len(target)), target].sum()
+                                / len(target) for i, r in enumerate(rows)])
+        kl = hp.kl_factor * F.kl_div(kl_init, kl_log_probs, log_target=True, reduction="batchmean")
+        loss = nll_each.mean() + kl + hp.v_weight_decay * delta.norm() / state["target_init"].norm() ** 2
+        if loss < 5e-2 or it == hp.v_num_grad_steps - 1:
+            break
+        loss.backward()
+        opt.step()
+        max_norm = hp.clamp_norm_factor * state["target_init"].norm()
+        if delta.norm() > max_norm:
+            with torch.no_grad():
+                delta[...] = delta * max_norm / delta.norm()
+    cur_input, cur_output = grab(request["prompt"])
+    right = (state["target_init"] + delta.detach() - cur_output) / torch.dot(cur_input, u)
+    return torch.outer(u, right)  # [in, out], GPT-2's Conv1D layout
+
+
+
+def test_official_update_matches_the_official_formulas(toy, toy_case):
+    request, templates, cov = toy_case
+    module = get_module(toy.model, toy.layout.mlp_out_at(TOY_HP.layer))
+    w0 = module.weight.detach().clone()
+    with apply_rome(toy, request, TOY_HP, cov=cov, templates=templates) as edit:
+        ours = module.weight.detach() - w0
+        info = edit.info
+        # Ŵ k_bare = v*: the key mapped exactly is the bare prompt's, not k̄.
+        k_bare, _ = keys_and_values(toy, request["prompt"], request["subject"], TOY_HP.layer, ["{}"])
+        torch.testing.assert_close(info["k_star"], k_bare[0])
+        out = project(module, True, k_bare[0])
+        assert (out - info["v_star"]).norm() / info["v_star"].norm() < 1e-5
+        assert (project(module, True, info["k_mean"]) - info["v_star"]).norm() > 1e-3
+    theirs = official_delta_w(toy, request, TOY_HP, templates, cov)
+    assert (ours - theirs).norm() / theirs.norm() < 1e-5
+
+
+def test_consistent_update_maps_the_mean_key(toy, toy_case):
+    request, templates, cov = toy_case
+    module = get_module(toy.model, toy.layout.mlp_out_at(TOY_HP.layer))
+    hp = replace(TOY_HP, update="consistent")
+    w0 = module.weight.detach().clone()
+    with apply_rome(toy, request, hp, cov=cov, templates=templates) as edit:
+        ours = module.weight.detach() - w0
+        keys, _ = keys_and_values(toy, request["prompt"], request["subject"], hp.layer, templates)
+        torch.testing.assert_close(edit.info["k_star"], keys.mean(0))
+        out = project(module, True, keys.mean(0))
+        assert (out - edit.info["v_star"]).norm() / edit.info["v_star"].norm() < 1e-5
+        k_bare = edit.info["k_bare"]
+        assert (project(module, True, k_bare) - edit.info["v_star"]).norm() > 1e-3
+    official = official_delta_w(toy, request, TOY_HP, templates, cov)
+    assert (ours - official).norm() / official.norm() > 1e-3  # the two forms really differ
+
+
+def test_kl_term_is_kl_of_the_edited_from_the_original(toy, toy_case):
+    """Eq. 4's KL(P_edit ‖ P_orig) = F.kl_div(log P_orig, log P_edit, log_target=True); the reverse
+    direction gives a different number for a large δ (so this test fails if it is swapped)."""
+    request, templates, _ = toy_case
+    rw = normalize_request(request)
+    tgt = toy.tokenizer(rw["target_new"]["str"], add_special_tokens=False)["input_ids"]
+    problem = v_problem(toy, rw["prompt"], rw["subject"], tgt, templates[:2])
+    delta = torch.randn(toy.model.config.n_embd, generator=torch.Generator().manual_seed(0)) * 3
+    terms = v_loss(toy, problem, TOY_HP.layer, delta, kl_factor=1.0)
+    # log P_orig and log P_edit at the subject's last token of "{s} is a", computed here directly
+    text = "{} is a".format(rw["subject"])
+    ids = torch.tensor([toy.tokenizer(text)["input_ids"]])
+    last = len(toy.tokenizer(rw["subject"])["input_ids"]) - 1
+    proj = get_module(toy.model, toy.layout.mlp_out_at(TOY_HP.layer))
+    with torch.no_grad():
+        log_orig = torch.log_softmax(toy.model(ids).logits[0, last], -1)
+        h = proj.register_forward_hook(lambda m, i, o: o + F.one_hot(torch.tensor(last), o.shape[1])
+                                       [None, :, None] * delta)
+        log_edit = torch.log_softmax(toy.model(ids).logits[0, last], -1)
+        h.remove()
+    want = F.kl_div(log_orig, log_edit, log_target=True, reduction="sum")
+    reverse = F.kl_div(log_edit, log_orig, log_target=True, reduction="sum")
+    assert abs(want - reverse) > 0.05 * want
+    assert terms.kl.item() == pytest.approx(want.item(), rel=1e-4)
+    assert terms.total.item() == pytest.approx(terms.nll_each.mean().item() + want.item(), rel=1e-4)
+
+
+def test_update_must_be_official_or_consistent():
+    with pytest.raises(ValueError, match="official, consistent"):
+        ROMEHyperParams(layer=0, update="r-rome")
+    assert ROMEHyperParams(layer=0).update == "official"

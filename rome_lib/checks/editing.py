@@ -17,7 +17,7 @@ import contextlib
 import copy
 import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import torch
@@ -28,7 +28,8 @@ from ..hooks import trace
 from ..hparams import ROMEHyperParams
 from ..models import LoadedModel
 from ..rome import (
-    Edit, apply_rome, compute_k, fill, rank_one_update, target_ids, weight_as_out_in,
+    Edit, apply_rome, compute_k, fill, rank_one_update, target_ids, v_loss, v_problem,
+    weight_as_out_in,
 )
 from ..tracing import encode, find_subject_range, known_facts
 from .tracing import PASSED, _as_float, _failed, _model, _passed, _show, _verdict
@@ -231,69 +232,50 @@ def check_compute_k(fn: Callable, mt: LoadedModel | None = None) -> bool:
 # ----------------------------------------------------------------------------------------------
 def _v_loss_variant(mt: LoadedModel, prompt: str, subject: str, target: str, layer: int,
                     delta: torch.Tensor, templates: Sequence[str], *, kl_factor: float = KL_FACTOR,
-                    space: bool = True, where: str = "last", reduce: str = "mean", kl: str = "forward",
+                    space: bool = True, where: str = "last", reduce: str = "mean", kl: str = "paper",
                     kl_at: str = "subject", shift: int = 0) -> torch.Tensor:
-    """The reference loss (all defaults) -- as :func:`rome_lib.rome.compute_v` without the weight
-    decay -- and the usual mistakes, one changed argument each. Differentiable in ``delta``."""
+    """:func:`rome_lib.rome.v_loss` with one usual mistake (one changed argument each; all defaults
+    = the reference). Differentiable in ``delta``."""
     obj = (" " + target.lstrip()) if space else target.lstrip()
     tgt = target_ids(mt, obj)
-    rows, lookups, firsts = [], [], []
-    texts = [fill(t, prompt, subject) for t in templates] + [fill("{}", KL_PROMPT, subject)]
-    for text, a, b in texts:
-        ids = mt.tokenizer(text)["input_ids"]
-        first, last = _span_tokens(mt, text, a, b)
-        firsts.append(first)
-        lookups.append(last)
-        rows.append(ids)
-    n = len(templates)
-    full = [ids + tgt for ids in rows[:n]] + [rows[n]]
-    width = max(map(len, full))
-    pad = mt.tokenizer.pad_token_id or 0
-    input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in full], device=mt.device)
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in full], device=mt.device)
-    name = mt.layout.mlp_out_at(layer)
-    pos = {"last": lookups, "first": firsts,
-           "end": [len(r) - 1 for r in rows]}.get(where, lookups)
-    idx = torch.arange(n + 1, device=mt.device)
-    pos_t = torch.tensor(pos, device=mt.device)
-
-    def add(out, _):
-        out = out.clone()
-        if where == "all":
-            return out + delta.to(out.dtype)
-        out[idx, pos_t] = out[idx, pos_t] + delta.to(out.dtype)
-        return out
-
-    with torch.no_grad():
-        logits0 = mt.model(input_ids=input_ids, attention_mask=mask).logits
-    with trace(mt.model, name, retain_output=False, edit_output=add, detach=False):
-        logits = mt.model(input_ids=input_ids, attention_mask=mask).logits
-    nlls = []
-    for i in range(n):
-        start = len(rows[i]) - 1 + shift
-        logp = torch.log_softmax(logits[i, start:start + len(tgt)].float(), -1)
-        picked = logp[torch.arange(len(tgt), device=mt.device), torch.tensor(tgt, device=mt.device)]
-        nlls.append(-{"mean": picked.mean, "sum": picked.sum, "first": picked[0].clone}[reduce]())
-    nll = torch.stack(nlls).mean()
-    kl_pos = lookups[n] if kl_at == "subject" else len(rows[n]) - 1
-    edit_log = torch.log_softmax(logits[n, kl_pos].float(), -1)
-    orig_log = torch.log_softmax(logits0[n, kl_pos].float(), -1)
+    problem = v_problem(mt, prompt, subject, tgt, templates, KL_PROMPT)
+    spans = [fill(t, prompt, subject) for t in templates] + [fill("{}", KL_PROMPT, subject)]
+    ends = [_n_tokens(mt, text) - 1 for text, _, _ in spans]
+    if where != "last":  # δ added elsewhere than at the subject's last token
+        at = torch.ones_like(problem.delta_at) if where == "all" else torch.zeros_like(problem.delta_at)
+        if where != "all":
+            pos = ends if where == "end" else [_span_tokens(mt, *span)[0] for span in spans]
+            at[torch.arange(len(spans)), torch.tensor(pos)] = 1.0
+        problem = replace(problem, delta_at=at)
+    if shift:
+        problem = replace(problem, target_pos=problem.target_pos + shift)
+    if kl_at == "end":  # the KL read at the last token of the KL prompt: its P_orig there too
+        problem = replace(problem, kl_at=ends[-1])
+        with torch.no_grad():
+            orig = v_loss(mt, problem, layer, torch.zeros_like(delta), 0.0).kl_log_probs
+        problem = replace(problem, kl_init=orig)
+    if reduce == "first":  # only the target's first token scored
+        problem = replace(problem, target_pos=problem.target_pos[:, :1], target_ids=problem.target_ids[:1])
+    terms = v_loss(mt, problem, layer, delta, kl_factor)
+    nll = terms.nll_each.mean() * (len(tgt) if reduce == "sum" else 1)
     if kl == "none":
         return nll
-    if kl == "reverse":  # KL(P_edit ‖ P_orig)
-        div = F.kl_div(orig_log, edit_log, log_target=True, reduction="sum")
-    else:  # KL(P_orig ‖ P_edit), the paper's eq. 4
-        div = F.kl_div(edit_log, orig_log, log_target=True, reduction="sum")
-    return nll + kl_factor * div
+    if kl == "reverse":  # KL(P_orig ‖ P_edit)
+        return nll + kl_factor * F.kl_div(terms.kl_log_probs, problem.kl_init, log_target=True,
+                                          reduction="sum")
+    return nll + kl_factor * terms.kl
 
 
 def v_loss_reference(mt: LoadedModel, prompt: str, subject: str, target: str, layer: int,
                      delta: torch.Tensor, templates: Sequence[str],
                      kl_factor: float = KL_FACTOR) -> torch.Tensor:
-    """Mean teacher-forced NLL of " target" over the templates + kl_factor · KL(P_orig ‖ P_edit) at
+    """Mean teacher-forced NLL of " target" over the templates + kl_factor · KL(P_edit ‖ P_orig) at
     the subject's last token of "{s} is a", with ``delta`` added to the MLP output at the subject's
-    last token of every row (the loss of :func:`rome_lib.rome.compute_v` without its weight decay)."""
-    return _v_loss_variant(mt, prompt, subject, target, layer, delta, templates, kl_factor=kl_factor)
+    last token of every row: :func:`rome_lib.rome.v_loss`, the loss :func:`rome_lib.rome.compute_v`
+    minimises (without its weight decay)."""
+    tgt = target_ids(mt, " " + target.lstrip())
+    problem = v_problem(mt, prompt, subject, tgt, templates, KL_PROMPT)
+    return v_loss(mt, problem, layer, delta, kl_factor).total
 
 
 def _delta(mt: LoadedModel, layer: int, prompt: str, subject: str, scale: float = 0.5) -> torch.Tensor:
@@ -319,8 +301,9 @@ def _grad_of(fn: Callable, delta: torch.Tensor):
 def check_v_loss(fn: Callable, mt: LoadedModel | None = None) -> bool:
     """``fn(mt, prompt, subject, target, layer, delta, templates, kl_factor=0.0625) -> scalar tensor``
     (differentiable in ``delta``): the mean NLL of " target" teacher-forced after each filled template,
-    with ``delta`` added to the MLP output at the subject's last token, + kl_factor · KL(P_orig ‖
-    P_edit) at the subject's last token of "{subject} is a"."""
+    with ``delta`` added to the MLP output at the subject's last token, + kl_factor · KL(P_edit ‖
+    P_orig) at the subject's last token of "{subject} is a" (paper eq. 4; the official code's
+    ``F.kl_div(kl_distr_init, kl_log_probs, log_target=True)``)."""
     mt = _model(mt)
     layer = _layer(mt)
     record = _records(mt)[0]
@@ -332,7 +315,7 @@ def check_v_loss(fn: Callable, mt: LoadedModel | None = None) -> bool:
         delta = _delta(mt, layer, prompt, subject, scale) if scale else torch.zeros(
             mt.model.config.n_embd, device=mt.device)
         want, want_grad = _grad_of(
-            lambda d: _v_loss_variant(*args, d, list(TEMPLATES), kl_factor=kl_factor), delta)
+            lambda d: v_loss_reference(*args, d, list(TEMPLATES), kl_factor=kl_factor), delta)
         raw, grad = _grad_of(lambda d: fn(*args, d, list(TEMPLATES), kl_factor=kl_factor), delta)
         got = _as_float(raw)
         if got is None:
@@ -363,11 +346,12 @@ def check_v_loss(fn: Callable, mt: LoadedModel | None = None) -> bool:
              "all of its tokens and take the mean of their log-probabilities."),
             (dict(shift=1), f"Off by one {what}: the logits at position i predict token i + 1, so the "
              "target's first token is read at the prompt's *last* position, len(prompt_ids) − 1."),
-            (dict(kl="none"), f"The KL term is missing {what}: add kl_factor · KL(P_orig ‖ P_edit) at "
+            (dict(kl="none"), f"The KL term is missing {what}: add kl_factor · KL(P_edit ‖ P_orig) at "
              f"the subject's last token of {KL_PROMPT!r}."),
             (dict(kl="reverse"), f"Your KL is the wrong way round {what}: the paper's eq. 4 is "
-             "KL(P_orig ‖ P_edit) = Σ P_orig (log P_orig − log P_edit), i.e. "
-             "F.kl_div(edit_log_probs, orig_log_probs, log_target=True, reduction='sum')."),
+             "KL(P_edit ‖ P_orig) = Σ P_edit (log P_edit − log P_orig), the edited distribution "
+             "first. F.kl_div(input, target, log_target=True) computes KL(target ‖ input), so write "
+             "F.kl_div(orig_log_probs, edit_log_probs, log_target=True, reduction='sum')."),
             (dict(kl_at="end"), f"You read the KL at the last token of {KL_PROMPT!r} {what}; the paper "
              "reads it at the subject's last token (where δ is added), to keep the subject's essence."),
             (dict(where="all"), f"You added δ at every position {what}. Add it only at the subject's "
