@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from .covariance import layer_stats, sample_corpus
+from .deltas import DeltaProblem, optimize_deltas
 from .hooks import get_module, trace
 from .hparams import ROMEHyperParams
 from .models import LoadedModel
@@ -147,34 +147,19 @@ def context_templates(
 # ----------------------------------------------------------------------------------------------
 # Keys, values and the optimisation of v*
 # ----------------------------------------------------------------------------------------------
-@dataclass
-class _Batch:
-    input_ids: torch.Tensor  # [N, T] right-padded
-    attention_mask: torch.Tensor
-    lookup: torch.Tensor  # [N] subject's last token per row
-    target_pos: torch.Tensor  # [N', L] positions whose next-token prediction is a target token
-    target_ids: torch.Tensor  # [L]
+def subject_rows(mt: LoadedModel, prompt: str, subject: str,
+                 templates: Sequence[str]) -> list[tuple[list[int], int]]:
+    """For each template: the token ids of the filled text and the index of the subject's last token."""
+    return [_last_token_in(mt.tokenizer, *fill(t, prompt, subject)) for t in templates]
 
 
-def _build_batch(mt: LoadedModel, texts_spans: list[tuple[str, int, int]], tgt: list[int],
-                 n_rewrite: int) -> _Batch:
-    """Rows 0..n_rewrite-1: text + target tokens (teacher forcing); later rows: text only."""
-    rows, lookup, pos = [], [], []
-    for r, (text, a, b) in enumerate(texts_spans):
-        ids, last = _last_token_in(mt.tokenizer, text, a, b)
-        lookup.append(last)
-        if r < n_rewrite:
-            pos.append([len(ids) - 1 + i for i in range(len(tgt))])
-            ids = ids + tgt
-        rows.append(ids)
+def padded(mt: LoadedModel, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` of token rows, right-padded, on the model's device."""
     width = max(map(len, rows))
     pad = mt.tokenizer.pad_token_id if mt.tokenizer.pad_token_id is not None else 0
-    input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids in rows])
-    mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in rows])
-    dev = mt.device
-    return _Batch(input_ids.to(dev), mask.to(dev), torch.tensor(lookup, device=dev),
-                  torch.tensor(pos, device=dev).reshape(n_rewrite, len(tgt)),
-                  torch.tensor(tgt, device=dev))
+    input_ids = torch.tensor([list(r) + [pad] * (width - len(r)) for r in rows], device=mt.device)
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=mt.device)
+    return input_ids, mask
 
 
 @torch.no_grad()
@@ -182,13 +167,25 @@ def keys_and_values(mt: LoadedModel, prompt: str, subject: str, layer: int,
                     templates: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys (W's input) [N, d_in] and original values (W's output) [N, d_out] at the subject's
     last token of every template, in float32. k* = keys.mean(0)."""
-    spans = [fill(t, prompt, subject) for t in templates]
-    batch = _build_batch(mt, spans, [], 0)
+    rows = subject_rows(mt, prompt, subject, templates)
+    input_ids, mask = padded(mt, [ids for ids, _ in rows])
+    lookup = torch.tensor([last for _, last in rows], device=mt.device)
     name = mt.layout.mlp_out_at(layer)
     with trace(mt.model, name, retain_input=True) as rec:
-        mt.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=1)
-    rows = torch.arange(len(spans), device=mt.device)
-    return rec[name].input[rows, batch.lookup].float(), rec[name].output[rows, batch.lookup].float()
+        mt.model(input_ids=input_ids, attention_mask=mask, logits_to_keep=1)
+    index = torch.arange(len(rows), device=mt.device)
+    return rec[name].input[index, lookup].float(), rec[name].output[index, lookup].float()
+
+
+def delta_problem(mt: LoadedModel, request: dict, templates: Sequence[str],
+                  kl_prompt: str) -> DeltaProblem:
+    """The rows of the v* (and MEMIT z) optimisation for one request: the prompt in every template,
+    then ``kl_prompt`` ("{} is a"), with the subject's last token in each."""
+    request = normalize_request(request)
+    rows = subject_rows(mt, request["prompt"], request["subject"], templates)
+    rows += subject_rows(mt, kl_prompt, request["subject"], ["{}"])
+    return DeltaProblem([ids for ids, _ in rows], [last for _, last in rows],
+                        target_ids(mt, request["target_new"]["str"]))
 
 
 def compute_k(mt: LoadedModel, request: dict, layer: int, templates: Sequence[str]) -> torch.Tensor:
@@ -204,61 +201,21 @@ def compute_v(mt: LoadedModel, request: dict, hparams: ROMEHyperParams,
     Loss = mean over templates of the mean token NLL of the teacher-forced target
     + kl_factor · KL(P_orig ‖ P_edit) at the subject's last token of ``kl_prompt``
     + v_weight_decay · ‖δ‖ / ‖m̄‖². After each Adam step ‖δ‖ is clamped to clamp_norm_factor·‖m̄‖.
+    The loop is :func:`rome_lib.deltas.optimize_deltas` (shared with MEMIT's z).
     ``info`` holds the losses per step and the final probability of the target.
     """
     request = normalize_request(request)
     prompt, subject = request["prompt"], request["subject"]
     tgt = target_ids(mt, request["target_new"]["str"])
-    layer, model = hparams.layer, mt.model
+    layer = hparams.layer
     name = mt.layout.mlp_out_at(layer)
     keys, values = keys_and_values(mt, prompt, subject, layer, templates)
     k_star, m0 = keys.mean(0), values.mean(0)  # m0 = W k* + b by linearity
 
-    spans = [fill(t, prompt, subject) for t in templates]
-    spans.append(fill("{}", hparams.kl_prompt, subject))
-    n = len(templates)
-    batch = _build_batch(mt, spans, tgt, n)
-    rows = torch.arange(n + 1, device=mt.device)
-    delta = torch.zeros_like(m0, requires_grad=True)
-
-    def add_delta(out, _name):
-        out = out.clone()
-        out[rows, batch.lookup] = out[rows, batch.lookup] + delta.to(out.dtype)
-        return out
-
-    opt = torch.optim.Adam([delta], lr=hparams.v_lr)
-    max_norm = hparams.clamp_norm_factor * m0.norm()
-    kl_init = None
-    history: list[dict] = []
-    with torch.enable_grad():
-        for step in range(hparams.v_num_grad_steps):
-            opt.zero_grad()
-            with trace(model, name, retain_output=False, edit_output=add_delta, detach=False):
-                logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            log_probs = torch.log_softmax(logits[:n].float(), -1)
-            picked = log_probs[torch.arange(n, device=mt.device)[:, None], batch.target_pos,
-                               batch.target_ids[None, :]]  # [n, L]
-            nll_each = -picked.mean(1)
-            nll = nll_each.mean()
-            kl_log = torch.log_softmax(logits[n, batch.lookup[n]].float(), -1)
-            if kl_init is None:
-                kl_init = kl_log.detach()
-            # KL(P_orig ‖ P_edit) as the paper's eq. 4 (the official code passes the arguments the
-            # other way round, i.e. KL(P_edit ‖ P_orig)).
-            kl = hparams.kl_factor * F.kl_div(kl_log, kl_init, log_target=True, reduction="sum")
-            decay = hparams.v_weight_decay * delta.norm() / m0.norm() ** 2
-            loss = nll + kl + decay
-            history.append({"loss": loss.item(), "nll": nll.item(), "kl": kl.item(),
-                            "decay": decay.item(), "p_target": torch.exp(-nll_each).mean().item()})
-            if loss.item() < hparams.early_stop_loss or step == hparams.v_num_grad_steps - 1:
-                break
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                if delta.norm() > max_norm:
-                    delta.mul_(max_norm / delta.norm())
-    v_star = (m0 + delta).detach()
-    return k_star, v_star, {"history": history, "delta_norm": delta.norm().item(),
+    delta, (history,) = optimize_deltas(mt, [delta_problem(mt, request, templates, hparams.kl_prompt)],
+                                        name, m0[None], hparams)
+    v_star = m0 + delta[0]
+    return k_star, v_star, {"history": history, "delta_norm": delta[0].norm().item(),
                             "m0_norm": m0.norm().item(), "target_ids": tgt}
 
 
@@ -394,13 +351,16 @@ def undo_all(mt: LoadedModel) -> None:
 _COV_CACHE: dict[tuple, torch.Tensor] = {}
 
 
-def get_cov(mt: LoadedModel, hparams: ROMEHyperParams, progress: bool = True) -> torch.Tensor | None:
-    """C for ``hparams.layer`` (None when mom2_adjustment is off); kept in memory after the first call."""
+def get_cov(mt: LoadedModel, hparams: ROMEHyperParams, progress: bool = True,
+            layer: int | None = None) -> torch.Tensor | None:
+    """C for ``layer`` (default ``hparams.layer``; None when mom2_adjustment is off); kept in memory
+    after the first call. MEMIT passes each layer of its range."""
     if not hparams.mom2_adjustment:
         return None
-    key = (mt.name, id(mt.model), hparams.layer, hparams.mom2_corpus, hparams.mom2_n_samples)
+    layer = hparams.layer if layer is None else layer
+    key = (mt.name, id(mt.model), layer, hparams.mom2_corpus, hparams.mom2_n_samples)
     if key not in _COV_CACHE:
-        _COV_CACHE[key] = layer_stats(mt, hparams.layer, corpus=hparams.mom2_corpus,
+        _COV_CACHE[key] = layer_stats(mt, layer, corpus=hparams.mom2_corpus,
                                       n_samples=hparams.mom2_n_samples, progress=progress)
     return _COV_CACHE[key]
 
@@ -460,6 +420,6 @@ def apply_rome(
 
 __all__ = [
     "EditOrderError", "Edit", "normalize_request", "target_ids", "fill", "context_templates",
-    "keys_and_values", "compute_k", "compute_v", "weight_as_out_in", "project", "inverse_cov_times",
+    "subject_rows", "padded", "delta_problem", "keys_and_values", "compute_k", "compute_v", "weight_as_out_in", "project", "inverse_cov_times",
     "rank_one_update", "get_cov", "apply_rome", "active_edits", "undo_all",
 ]
