@@ -162,6 +162,8 @@ def cmd_evaluate(args) -> dict:
         summary = evaluate_zsre(mt, zsre_cases(records, mt.tokenizer), edit_fn)["summary"]
         out = {"method": args.method, "dataset": "zsre",
                **{k: (100 * v if k != "n" else v) for k, v in summary.items()}}
+    elif args.sequential or args.batch or args.method == "memit":
+        out = {"dataset": args.dataset, **_evaluate_many(mt, records, args)}
     else:
         from .evaluation import evaluate
 
@@ -172,12 +174,29 @@ def cmd_evaluate(args) -> dict:
     return out
 
 
+def _evaluate_many(mt, records: list[dict], args) -> dict:
+    """--sequential / --batch (and MEMIT): many edits at once or one after another."""
+    from .mass_editing import evaluate_batched, evaluate_sequential
+
+    if args.method == "none":
+        raise ValueError("--batch and --sequential need an editing method.")
+    if args.sequential:
+        out = evaluate_sequential(mt, records, args.method, batch=args.batch or 1,
+                                  generation=not args.no_generation)
+        return {k: v for k, v in out.items() if k != "final"} | out["final"]
+    return evaluate_batched(mt, records, args.method, batch=args.batch or len(records))
+
+
 def _edit_fn(method: str):
     from .baselines import apply_ft
     from .rome import apply_rome
 
     if method == "rome":
         return apply_rome
+    if method == "memit":
+        from .memit import apply_memit
+
+        return lambda mt, request: apply_memit(mt, [request])
     return lambda mt, request: apply_ft(mt, request, constrained=(method == "ft-l"))
 
 
@@ -241,7 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="CounterFact / zsRE metrics of an editing method")
     common(p)
-    p.add_argument("--method", choices=["none", "rome", "ft", "ft-l"], default="rome")
+    p.add_argument("--method", choices=["none", "rome", "ft", "ft-l", "memit"], default="rome")
+    p.add_argument("--batch", type=int, default=None,
+                   help="edit B records at once, score, undo (MEMIT: one batch; default all)")
+    p.add_argument("--sequential", action="store_true",
+                   help="keep every edit; score all edited records at 1, 10, 100, ... edits")
     p.add_argument("--dataset", choices=["toy", "counterfact", "zsre"], default="toy",
                    help="toy: the model's own set; counterfact/zsre: the official files")
     p.add_argument("--n", type=int, default=None, help="first N records (default all)")
