@@ -15,3 +15,5 @@ from .editing import check_neighborhood  # noqa: F401
 from .editing import check_rank_one_update  # noqa: F401
 from .editing import check_undo  # noqa: F401
 from .editing import check_v_loss  # noqa: F401
+from .memit import check_batched_update  # noqa: F401
+from .memit import check_spread  # noqa: F401
