@@ -23,6 +23,11 @@ projections of a range of layers ℛ = [l₁ … l_L] (official: GPT-2 XL 13–1
 With one fact and one layer, ΔW = r (C⁻¹k)ᵀ / (λ + kᵀC⁻¹k) by Sherman–Morrison: ROME's direction,
 shrunk by kᵀC⁻¹k / (λ + kᵀC⁻¹k); λ → 0 gives ROME's Ŵ k = v exactly (tested).
 
+Facts that share a subject share its key (it is read before the relation's words), so in one
+batch their residuals are averaged and each is only partly written (Dong et al. 2025, "MEMIT-Merge",
+measure the drop). The toy's 1,352 records have 299 subjects: batches of distinct subjects score
+higher.
+
 :func:`apply_memit` returns one :class:`~rome_lib.rome.Edit` for all layers; ``undo()`` restores
 every weight bit for bit.
 """
