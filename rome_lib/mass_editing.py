@@ -10,8 +10,8 @@ CounterFact scores of :mod:`rome_lib.evaluation` and a check that the model stil
 
 **Health** (:func:`model_health`), to catch edits that break the model -- the "disabling edits" of
 Gupta et al. 2024 ("Rebuilding ROME"), after which generation collapses into repetition: the mean
-token NLL of held-out texts (true statements about subjects that are never edited, from the last
-records of the set) and the generation entropy GE of text generated from their prompts. An edit
+token NLL of held-out texts (true statements from the neighbourhood prompts of the set's last 16
+records, never edited when ``n`` leaves them out) and the generation entropy GE of text generated from their prompts. An edit
 *breaks* the model (ours) when the held-out NLL rises by more than ``break_nll`` (default 0.5
 nats per token): over the unedited model's for a batch, over the NLL just before it in a sequence.
 """
@@ -107,8 +107,8 @@ def evaluate_batched(mt: LoadedModel, records: Sequence[dict], method: str = "me
     averages (percent), the chunks' health and how many chunks broke the model."""
     if batch < 1:
         raise ValueError("batch must be at least 1.")
+    texts, _ = health_texts(records)  # the set's last records: never edited when n leaves them out
     records = _check(records, n)
-    texts, _ = health_texts(records)
     base = model_health(mt, texts)["heldout_nll"]
     rows, chunks = [], []
     for start in tqdm(range(0, len(records), batch), desc=f"{method}, batches of {batch}",
@@ -137,6 +137,7 @@ def evaluate_sequential(mt: LoadedModel, records: Sequence[dict], method: str = 
     edited so far and the model's health. After every edit the held-out NLL is checked: edits that
     raise it by more than ``break_nll`` over the previous edit are counted as breaking. All edits
     are undone at the end (also on errors)."""
+    texts, prompts = health_texts(records)  # the set's last records: never edited when n leaves them out
     records = _check(records, n)
     total = len(records)
     if checkpoints is None:
@@ -144,7 +145,6 @@ def evaluate_sequential(mt: LoadedModel, records: Sequence[dict], method: str = 
     checkpoints = sorted({min(int(c), total) for c in checkpoints if int(c) >= 1})
     if batch < 1:
         raise ValueError("batch must be at least 1.")
-    texts, prompts = health_texts(records)
     start_health = model_health(mt, texts, prompts if generation else ())
     edits: list[Edit] = []
     steps, breaking, previous, done = [], [], start_health["heldout_nll"], 0
