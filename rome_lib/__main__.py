@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from .errors import CorpusNotAvailableError, RomeError
 from .estimate import aie_tokens, announcements_to, edit_tokens, warn_if_long
-from .hparams import UPDATES, FTHyperParams, ROMEHyperParams
+from .hparams import UPDATES, FTHyperParams, MEMITHyperParams, ROMEHyperParams
 from .models import load_model
 from .real_models import add_models_parser
 from .tracing import KINDS, average_indirect_effects, known_facts, trace_all, trace_json
@@ -140,12 +140,17 @@ def _predict(mt, prompt: str, new: str, true: str) -> dict:
     return {"p_new": p_new, "p_true": p_true, "argmax": mt.tokenizer.decode([argmax])}
 
 
-def _hparams(args, mt, method: str = "rome") -> ROMEHyperParams | FTHyperParams | None:
+def _hparams(args, mt, method: str = "rome") -> ROMEHyperParams | FTHyperParams | MEMITHyperParams | None:
     """The method's preset for ``mt`` with ``--layer`` and ``--corpus`` applied (None: no edit)."""
     if args.layer is not None and not 0 <= args.layer < mt.n_layer:
         raise ValueError(f"--layer {args.layer} is out of range: {mt.name!r} has layers 0-{mt.n_layer - 1}.")
     if method == "none":
         return None
+    if method == "memit":
+        if args.layer is not None:
+            raise ValueError("--layer sets ROME's or FT's one layer; MEMIT edits its preset's range of layers.")
+        hp = MEMITHyperParams.for_model(mt.name, mt.n_layer)
+        return hp if args.corpus is None else dataclasses.replace(hp, mom2_corpus=args.corpus)
     if method in ("ft", "ft-l"):
         if args.corpus is not None:
             raise ValueError(f"--corpus sets ROME's key statistics C; {method} does not use C.")
@@ -233,6 +238,8 @@ def cmd_evaluate(args) -> dict:
         summary = evaluate_zsre(mt, cases, edit_fn)["summary"]
         out = {"method": args.method, "dataset": "zsre",
                **{k: (100 * v if k != "n" else v) for k, v in summary.items()}}
+    elif args.sequential or args.batch or args.method == "memit":
+        out = {"dataset": args.dataset, **_evaluate_many(mt, records, args, hparams)}
     else:
         from .evaluation import evaluate
 
@@ -245,12 +252,30 @@ def cmd_evaluate(args) -> dict:
     return out
 
 
+def _evaluate_many(mt, records: list[dict], args, hparams) -> dict:
+    """--sequential / --batch (and MEMIT): many edits at once or one after another."""
+    from .mass_editing import evaluate_batched, evaluate_sequential
+
+    if args.method == "none":
+        raise ValueError("--batch and --sequential need an editing method.")
+    if args.sequential:
+        out = evaluate_sequential(mt, records, args.method, batch=args.batch or 1,
+                                  hparams=hparams, generation=not args.no_generation)
+        return {k: v for k, v in out.items() if k != "final"} | out["final"]
+    return evaluate_batched(mt, records, args.method, batch=args.batch or len(records),
+                            hparams=hparams)
+
+
 def _edit_fn(method: str, hparams):
     from .baselines import apply_ft
     from .rome import apply_rome
 
     if method == "rome":
         return lambda mt, request: apply_rome(mt, request, hparams)
+    if method == "memit":
+        from .memit import apply_memit
+
+        return lambda mt, request: apply_memit(mt, [request], hparams)
     return lambda mt, request: apply_ft(mt, request, hparams, constrained=(method == "ft-l"))
 
 
@@ -336,7 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="CounterFact / zsRE metrics of an editing method")
     common(p)
-    p.add_argument("--method", choices=["none", "rome", "ft", "ft-l"], default="rome")
+    p.add_argument("--method", choices=["none", "rome", "ft", "ft-l", "memit"], default="rome")
+    p.add_argument("--batch", type=int, default=None,
+                   help="edit B records at once, score, undo (MEMIT: one batch; default all)")
+    p.add_argument("--sequential", action="store_true",
+                   help="keep every edit; score all edited records at 1, 10, 100, ... edits")
     p.add_argument("--dataset", choices=["toy", "counterfact", "zsre"], default="toy",
                    help="toy: the model's own set; counterfact/zsre: the official files")
     p.add_argument("--n", type=int, default=None, help="first N records (default all)")

@@ -42,9 +42,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from .covariance import layer_stats, sample_corpus
+from .deltas import DeltaProblem, kl_edit_orig
 from .errors import EditOrderError
 from .hooks import get_module, trace
 from .hparams import ROMEHyperParams
@@ -152,8 +152,14 @@ def context_templates(
 # ----------------------------------------------------------------------------------------------
 # Keys, values and the optimisation of v*
 # ----------------------------------------------------------------------------------------------
-def _right_padded(mt: LoadedModel, rows: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token rows as one right-padded batch: (input_ids, attention_mask) on the model's device."""
+def subject_rows(mt: LoadedModel, prompt: str, subject: str,
+                 templates: Sequence[str]) -> list[tuple[list[int], int]]:
+    """For each template: the token ids of the filled text and the index of the subject's last token."""
+    return [_last_token_in(mt.tokenizer, *fill(t, prompt, subject)) for t in templates]
+
+
+def padded(mt: LoadedModel, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` of token rows, right-padded, on the model's device."""
     width = max(map(len, rows))
     pad = mt.tokenizer.pad_token_id if mt.tokenizer.pad_token_id is not None else 0
     input_ids = torch.tensor([list(r) + [pad] * (width - len(r)) for r in rows], device=mt.device)
@@ -190,7 +196,7 @@ def v_problem(mt: LoadedModel, prompt: str, subject: str, tgt: Sequence[int], te
             pos.append([len(ids) - 1 + i for i in range(len(tgt))])
             ids = ids + list(tgt)
         rows.append(ids)
-    input_ids, mask = _right_padded(mt, rows)
+    input_ids, mask = padded(mt, rows)
     dev = mt.device
     delta_at = torch.zeros(input_ids.shape, device=dev)
     delta_at[torch.arange(len(rows)), torch.tensor(lookup)] = 1.0
@@ -211,12 +217,6 @@ class VLoss:
     kl: torch.Tensor  # KL(P_edit ‖ P_orig) at the KL position
     kl_log_probs: torch.Tensor  # [V]: log P_edit there
 
-
-def kl_edit_orig(edit_log_probs: torch.Tensor, orig_log_probs: torch.Tensor) -> torch.Tensor:
-    """KL(P_edit ‖ P_orig) = Σ P_edit (log P_edit − log P_orig): the edited distribution first, as
-    the paper's eq. 4 and the official ``F.kl_div(kl_distr_init, kl_log_probs, log_target=True)``
-    (``F.kl_div(input, target)`` is KL(target ‖ input))."""
-    return F.kl_div(orig_log_probs, edit_log_probs, log_target=True, reduction="sum")
 
 
 def v_loss(mt: LoadedModel, problem: VProblem, layer: int, delta: torch.Tensor,
@@ -247,15 +247,26 @@ def v_loss(mt: LoadedModel, problem: VProblem, layer: int, delta: torch.Tensor,
 def keys_and_values(mt: LoadedModel, prompt: str, subject: str, layer: int,
                     templates: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys (W's input) [N, d_in] and original values (W's output) [N, d_out] at the subject's
-    last token of every template, in float32. k̄ = keys.mean(0)."""
-    spans = [fill(t, prompt, subject) for t in templates]
-    rows, lookup = zip(*(_last_token_in(mt.tokenizer, text, a, b) for text, a, b in spans))
-    input_ids, mask = _right_padded(mt, rows)
+    last token of every template, in float32. k* = keys.mean(0)."""
+    rows = subject_rows(mt, prompt, subject, templates)
+    input_ids, mask = padded(mt, [ids for ids, _ in rows])
+    lookup = torch.tensor([last for _, last in rows], device=mt.device)
     name = mt.layout.mlp_out_at(layer)
     with trace(mt.model, name, retain_input=True) as rec:
         mt.model(input_ids=input_ids, attention_mask=mask, logits_to_keep=1)
-    rows_idx, at = torch.arange(len(spans), device=mt.device), torch.tensor(lookup, device=mt.device)
-    return rec[name].input[rows_idx, at].float(), rec[name].output[rows_idx, at].float()
+    index = torch.arange(len(rows), device=mt.device)
+    return rec[name].input[index, lookup].float(), rec[name].output[index, lookup].float()
+
+
+def delta_problem(mt: LoadedModel, request: dict, templates: Sequence[str],
+                  kl_prompt: str) -> DeltaProblem:
+    """The rows of the v* (and MEMIT z) optimisation for one request: the prompt in every template,
+    then ``kl_prompt`` ("{} is a"), with the subject's last token in each."""
+    request = normalize_request(request)
+    rows = subject_rows(mt, request["prompt"], request["subject"], templates)
+    rows += subject_rows(mt, kl_prompt, request["subject"], ["{}"])
+    return DeltaProblem([ids for ids, _ in rows], [last for _, last in rows],
+                        target_ids(mt, request["target_new"]["str"]))
 
 
 def compute_k(mt: LoadedModel, request: dict, layer: int, templates: Sequence[str]) -> torch.Tensor:
@@ -445,13 +456,16 @@ def undo_all(mt: LoadedModel) -> None:
 _COV_CACHE: dict[tuple, torch.Tensor] = {}
 
 
-def get_cov(mt: LoadedModel, hparams: ROMEHyperParams, progress: bool = True) -> torch.Tensor | None:
-    """C for ``hparams.layer`` (None when mom2_adjustment is off); kept in memory after the first call."""
+def get_cov(mt: LoadedModel, hparams: ROMEHyperParams, progress: bool = True,
+            layer: int | None = None) -> torch.Tensor | None:
+    """C for ``layer`` (default ``hparams.layer``; None when mom2_adjustment is off); kept in memory
+    after the first call. MEMIT passes each layer of its range."""
     if not hparams.mom2_adjustment:
         return None
-    key = (mt.name, id(mt.model), hparams.layer, hparams.mom2_corpus, hparams.mom2_n_samples)
+    layer = hparams.layer if layer is None else layer
+    key = (mt.name, id(mt.model), layer, hparams.mom2_corpus, hparams.mom2_n_samples)
     if key not in _COV_CACHE:
-        _COV_CACHE[key] = layer_stats(mt, hparams.layer, corpus=hparams.mom2_corpus,
+        _COV_CACHE[key] = layer_stats(mt, layer, corpus=hparams.mom2_corpus,
                                       n_samples=hparams.mom2_n_samples, progress=progress)
     return _COV_CACHE[key]
 
@@ -514,7 +528,8 @@ def apply_rome(
 
 __all__ = [
     "EditOrderError", "Edit", "normalize_request", "target_ids", "fill", "context_templates",
-    "VProblem", "VLoss", "v_problem", "v_loss", "kl_edit_orig", "keys_and_values", "compute_k",
-    "compute_v", "weight_as_out_in", "project", "inverse_cov_times",
+    "VProblem", "VLoss", "v_problem", "v_loss", "kl_edit_orig", "subject_rows", "padded",
+    "delta_problem", "keys_and_values", "compute_k", "compute_v", "weight_as_out_in", "project",
+    "inverse_cov_times",
     "rank_one_update", "get_cov", "apply_rome", "active_edits", "undo_all",
 ]
