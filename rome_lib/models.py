@@ -411,15 +411,17 @@ def _cache_argument(model_class: type) -> str:
     return "cache" if "cache" in parameters else "past_key_values"
 
 
-def forward_with_cache(model: nn.Module, ids: torch.Tensor, cache=None) -> tuple[torch.Tensor, object]:
-    """``(logits, cache)`` of one forward pass that reuses and extends a KV cache.
+def forward_with_cache(model: nn.Module, ids: torch.Tensor, cache=None,
+                       **kwargs) -> tuple[torch.Tensor, object]:
+    """``(logits, cache)`` of one forward pass that reuses and extends a KV cache (``kwargs`` go to
+    the model, e.g. ``logits_to_keep=1``).
 
     transformers renamed the argument (``past_key_values`` became ``cache`` in 5.24; the old name
     warns, and goes in 5.40), and a model swallows an unknown keyword silently -- it would then
     recompute without the cache, at the wrong positions. So the name is read off the signature.
     """
     name = _cache_argument(type(model))
-    out = model(ids, use_cache=True, **{name: cache})
+    out = model(ids, use_cache=True, **{name: cache}, **kwargs)
     return out.logits, out[name]
 
 
