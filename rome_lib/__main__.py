@@ -1,4 +1,4 @@
-"""Command line: ``python -m rome_lib {trace,aie,edit,evaluate,bench,models} --model toy ...``.
+"""Command line: ``python -m rome_lib {trace,aie,edit,evaluate,bench,sweep,models} --model toy ...``.
 
 ``--json`` prints one JSON object for scripts.
 
@@ -201,6 +201,22 @@ def cmd_bench(args) -> dict:
     return out
 
 
+def cmd_sweep(args) -> dict:
+    from .sweep import parse_layers, sweep_layers
+
+    mt = _model(args)
+    if args.records:
+        records = json.loads(open(args.records, encoding="utf-8").read())[: args.n]
+    else:
+        records = _records(mt, "toy", args.n)
+    out = sweep_layers(mt, records, parse_layers(args.layers, mt.n_layer), progress=not args.json)
+    if not args.json:
+        print(f"ROME at each layer, {out['n']} records:")
+        for row in out["results"]:
+            print("  layer {layer:2d}: S {S:5.1f}  ES {ES:5.1f}  PS {PS:5.1f}  NS {NS:5.1f}".format(**row))
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rome_lib", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -253,6 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt")
     p.add_argument("--subject")
     p.set_defaults(run=cmd_bench)
+    p = sub.add_parser("sweep", help="where to edit? ROME at each layer, ES/PS/NS/S per layer")
+    common(p)
+    p.add_argument("--layers", required=True, help="A-B (inclusive), A-B:step or a,b,c")
+    p.add_argument("--n", type=int, default=50, help="first N records (default 50)")
+    p.add_argument("--records", default=None,
+                   help="a JSON file of CounterFact-style records (default: the model's own set)")
+    p.set_defaults(run=cmd_sweep)
     add_models_parser(sub)  # models fetch smollm2 / models list
     return parser
 
