@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Sequence
 
 import torch
 
@@ -51,24 +52,27 @@ def exact_skip_bound(n_tokens: int, n_layer: int, subject_start: int, samples: i
 
 
 def bench_trace(mt: LoadedModel, prompt: str, subject: str, *, samples: int = 10,
-                noise: float | None = None, reference: bool = True) -> dict:
-    """The full three-kind trace of one prompt: :func:`~rome_lib.tracing.trace` vs the per-cell
-    reference, in the same run (``reference=False`` times the fast trace alone).
+                noise: float | None = None, reference: bool = True,
+                kinds: Sequence[str] = KINDS) -> dict:
+    """The full trace of one prompt (three kinds unless ``kinds`` says fewer):
+    :func:`~rome_lib.tracing.trace` vs the per-cell reference, in the same run (``reference=False``
+    times the fast trace alone).
 
     Both runs share the noise level and answer; a warm-up pass keeps one-off costs out of both.
     """
     noise = noise if noise is not None else default_noise(mt)
     first = trace(mt, prompt, subject, "state", samples=samples, noise=noise)  # warm-up
     kwargs = dict(samples=samples, noise=noise, answer_id=first.answer_id)
-    fast, fast_s, fast_cpu = _timed_cpu(lambda: [trace(mt, prompt, subject, k, **kwargs) for k in KINDS])
+    fast, fast_s, fast_cpu = _timed_cpu(lambda: [trace(mt, prompt, subject, k, **kwargs) for k in kinds])
     n_tokens, n_layer = len(first.tokens), mt.layout.n_layer
-    out = {"prompt": prompt, "tokens": n_tokens, "layers": n_layer, "samples": samples,
+    out = {"prompt": prompt, "tokens": n_tokens, "layers": n_layer, "kinds": list(kinds),
+           "samples": samples,
            "threads": torch.get_num_threads(), "batched_s": round(fast_s, 4),
            "batched_cpu_s": round(fast_cpu, 4)}
     if not reference:
         return out
     slow, reference_s, reference_cpu = _timed_cpu(
-        lambda: [trace_reference(mt, prompt, subject, k, **kwargs) for k in KINDS]
+        lambda: [trace_reference(mt, prompt, subject, k, **kwargs) for k in kinds]
     )
     diff = max((a.scores - b.scores).abs().max().item() for a, b in zip(fast, slow))
     return {
