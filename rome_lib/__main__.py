@@ -202,6 +202,9 @@ def cmd_bench(args) -> dict:
 
 
 def cmd_sweep(args) -> dict:
+    from dataclasses import replace
+
+    from .hparams import ROMEHyperParams
     from .sweep import parse_layers, sweep_layers
 
     mt = _model(args)
@@ -209,7 +212,12 @@ def cmd_sweep(args) -> dict:
         records = json.loads(open(args.records, encoding="utf-8").read())[: args.n]
     else:
         records = _records(mt, "toy", args.n)
-    out = sweep_layers(mt, records, parse_layers(args.layers, mt.n_layer), progress=not args.json)
+    hparams = ROMEHyperParams.for_model(mt.name, mt.n_layer)
+    if args.mom2_corpus or args.mom2_n_samples:  # a smaller corpus for C: a sweep on a CPU
+        hparams = replace(hparams, mom2_corpus=args.mom2_corpus or hparams.mom2_corpus,
+                          mom2_n_samples=args.mom2_n_samples or hparams.mom2_n_samples)
+    out = sweep_layers(mt, records, parse_layers(args.layers, mt.n_layer), hparams=hparams,
+                       progress=not args.json)
     if not args.json:
         print(f"ROME at each layer, {out['n']} records:")
         for row in out["results"]:
@@ -275,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=50, help="first N records (default 50)")
     p.add_argument("--records", default=None,
                    help="a JSON file of CounterFact-style records (default: the model's own set)")
+    p.add_argument("--mom2-corpus", default=None, help="corpus for C (default: the preset's)")
+    p.add_argument("--mom2-n-samples", type=int, default=None,
+                   help="texts of that corpus for C (default: the preset's)")
     p.set_defaults(run=cmd_sweep)
     add_models_parser(sub)  # models fetch smollm2 / models list
     return parser
