@@ -1,4 +1,4 @@
-"""Command line: ``python -m rome_lib {trace,aie,edit,evaluate,bench,models} --model toy ...``.
+"""Command line: ``python -m rome_lib {trace,aie,edit,evaluate,bench,sweep,models} --model toy ...``.
 
 ``--json`` prints one JSON object for scripts; progress bars, forecasts of long steps and warnings
 go to stderr.
@@ -318,6 +318,28 @@ def _edit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--update", choices=UPDATES, default="official",
                    help="ROME's update: official (Λ from the bare prompt's key, the released code's) "
                         "or consistent (the averaged key throughout, R-ROME)")
+def cmd_sweep(args) -> dict:
+    from dataclasses import replace
+
+    from .hparams import ROMEHyperParams
+    from .sweep import parse_layers, sweep_layers
+
+    mt = _model(args)
+    if args.records:
+        records = json.loads(open(args.records, encoding="utf-8").read())[: args.n]
+    else:
+        records = _records(mt, "toy", args.n)
+    hparams = ROMEHyperParams.for_model(mt.name, mt.n_layer)
+    if args.mom2_corpus or args.mom2_n_samples:  # a smaller corpus for C: a sweep on a CPU
+        hparams = replace(hparams, mom2_corpus=args.mom2_corpus or hparams.mom2_corpus,
+                          mom2_n_samples=args.mom2_n_samples or hparams.mom2_n_samples)
+    out = sweep_layers(mt, records, parse_layers(args.layers, mt.n_layer), hparams=hparams,
+                       progress=not args.json)
+    if not args.json:
+        print(f"ROME at each layer, {out['n']} records:")
+        for row in out["results"]:
+            print("  layer {layer:2d}: S {S:5.1f}  ES {ES:5.1f}  PS {PS:5.1f}  NS {NS:5.1f}".format(**row))
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -378,6 +400,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt")
     p.add_argument("--subject")
     p.set_defaults(run=cmd_bench)
+    p = sub.add_parser("sweep", help="where to edit? ROME at each layer, ES/PS/NS/S per layer")
+    common(p)
+    p.add_argument("--layers", required=True, help="A-B (inclusive), A-B:step or a,b,c")
+    p.add_argument("--n", type=int, default=50, help="first N records (default 50)")
+    p.add_argument("--records", default=None,
+                   help="a JSON file of CounterFact-style records (default: the model's own set)")
+    p.add_argument("--mom2-corpus", default=None, help="corpus for C (default: the preset's)")
+    p.add_argument("--mom2-n-samples", type=int, default=None,
+                   help="texts of that corpus for C (default: the preset's)")
+    p.set_defaults(run=cmd_sweep)
     add_models_parser(sub)  # models fetch smollm2 / models list
     return parser
 

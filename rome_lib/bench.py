@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Sequence
 
 import torch
 
@@ -11,13 +12,21 @@ from .tracing import KINDS, default_noise, default_window, trace, trace_referenc
 
 
 def _timed(fn):
+    """``(result, wall seconds)``; see :func:`_timed_cpu` for CPU seconds too."""
+    out, wall, _ = _timed_cpu(fn)
+    return out, wall
+
+
+def _timed_cpu(fn):
+    """``(result, wall seconds, CPU seconds of this process)``: on a shared machine the CPU seconds
+    of a one-thread run are the steadier measure; the wall seconds are what a reader waits."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     out = fn()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return out, time.perf_counter() - start
+    return out, time.perf_counter() - start, time.process_time() - cpu
 
 
 def exact_skip_bound(n_tokens: int, n_layer: int, subject_start: int, samples: int = 10,
@@ -43,24 +52,33 @@ def exact_skip_bound(n_tokens: int, n_layer: int, subject_start: int, samples: i
 
 
 def bench_trace(mt: LoadedModel, prompt: str, subject: str, *, samples: int = 10,
-                noise: float | None = None) -> dict:
-    """The full three-kind trace of one prompt: batched vs the per-cell reference.
+                noise: float | None = None, reference: bool = True,
+                kinds: Sequence[str] = KINDS) -> dict:
+    """The full trace of one prompt (three kinds unless ``kinds`` says fewer):
+    :func:`~rome_lib.tracing.trace` vs the per-cell reference, in the same run (``reference=False``
+    times the fast trace alone).
 
     Both runs share the noise level and answer; a warm-up pass keeps one-off costs out of both.
     """
     noise = noise if noise is not None else default_noise(mt)
     first = trace(mt, prompt, subject, "state", samples=samples, noise=noise)  # warm-up
     kwargs = dict(samples=samples, noise=noise, answer_id=first.answer_id)
-    batched, batched_s = _timed(lambda: [trace(mt, prompt, subject, k, **kwargs) for k in KINDS])
-    reference, reference_s = _timed(
-        lambda: [trace_reference(mt, prompt, subject, k, **kwargs) for k in KINDS]
-    )
-    diff = max((a.scores - b.scores).abs().max().item() for a, b in zip(batched, reference))
+    fast, fast_s, fast_cpu = _timed_cpu(lambda: [trace(mt, prompt, subject, k, **kwargs) for k in kinds])
     n_tokens, n_layer = len(first.tokens), mt.layout.n_layer
+    out = {"prompt": prompt, "tokens": n_tokens, "layers": n_layer, "kinds": list(kinds),
+           "samples": samples,
+           "threads": torch.get_num_threads(), "batched_s": round(fast_s, 4),
+           "batched_cpu_s": round(fast_cpu, 4)}
+    if not reference:
+        return out
+    slow, reference_s, reference_cpu = _timed_cpu(
+        lambda: [trace_reference(mt, prompt, subject, k, **kwargs) for k in kinds]
+    )
+    diff = max((a.scores - b.scores).abs().max().item() for a, b in zip(fast, slow))
     return {
-        "prompt": prompt, "tokens": n_tokens, "layers": n_layer,
-        "reference_s": round(reference_s, 4), "batched_s": round(batched_s, 4),
-        "speedup": round(reference_s / batched_s, 2), "max_abs_diff": diff,
+        **out, "reference_s": round(reference_s, 4), "reference_cpu_s": round(reference_cpu, 4),
+        "speedup": round(reference_s / fast_s, 2),
+        "cpu_speedup": round(reference_cpu / fast_cpu, 2), "max_abs_diff": diff,
         "exact_skip_bound": round(exact_skip_bound(n_tokens, n_layer, first.subject_range[0],
                                                    samples), 2),
     }

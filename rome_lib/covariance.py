@@ -225,34 +225,76 @@ def compute_mom2(
     Memory is constant in the corpus size: one running sum (``accumulate_dtype``) and a count.
     Returns ``(C as float32 on the CPU, number of tokens)``.
     """
+    return compute_mom2_layers(mt, [layer], texts, batch_size=batch_size, max_length=max_length,
+                               accumulate_dtype=accumulate_dtype, progress=progress)[layer]
+
+
+@torch.no_grad()
+def compute_mom2_layers(
+    mt: LoadedModel,
+    layers: Sequence[int],
+    texts: Sequence[str],
+    *,
+    batch_size: int = 16,
+    max_length: int = 256,
+    accumulate_dtype: torch.dtype = torch.float64,
+    progress: bool = True,
+) -> dict[int, tuple[torch.Tensor, int]]:
+    """:func:`compute_mom2` for several layers in ONE pass over the corpus: each batch's forward pass
+    records the keys of every requested layer and stops after the highest one.
+
+    Returns ``{layer: (C as float32 on the CPU, number of tokens)}``.
+    """
     texts = [t for t in texts if t and t.strip()]
     if not texts:
         raise ValueError("The corpus is empty: no text to compute statistics from.")
-    name = mt.layout.mlp_out_at(layer)
+    layers = sorted(set(layers))
+    if not layers:
+        raise ValueError("No layers to compute statistics for.")
+    names = {layer: mt.layout.mlp_out_at(layer) for layer in layers}
+    top = names[layers[-1]]
     tok = mt.tokenizer
-    total: torch.Tensor | None = None
+    totals: dict[int, torch.Tensor] = {}
     count = 0
-    bar = tqdm(total=len(texts), desc=f"key statistics, layer {layer}", disable=not progress)
+    what = f"layer {layers[0]}" if len(layers) == 1 else f"layers {', '.join(map(str, layers))}"
+    bar = tqdm(total=len(texts), desc=f"key statistics, {what}", disable=not progress)
     for start in range(0, len(texts), batch_size):
         batch = list(texts[start : start + batch_size])
         enc = tok(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
         enc = {k: v.to(mt.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-        with trace(mt.model, name, retain_output=False, retain_input=True, stop=True) as rec:
-            mt.model(**enc, logits_to_keep=1)  # stops at the key: later layers never run
-        keys = rec[name].input  # [B, T, d_in]
+        below = [names[layer] for layer in layers[:-1]]
+        with trace(mt.model, below, retain_output=False, retain_input=True) as rec, \
+                trace(mt.model, top, retain_output=False, retain_input=True, stop=True) as last:
+            mt.model(**enc, logits_to_keep=1)  # stops at the top key: later layers never run
         mask = enc["attention_mask"].bool()
-        k = keys[mask].to(accumulate_dtype)  # [N, d_in]
-        part = k.T @ k
-        total = part if total is None else total + part
-        count += k.shape[0]
+        for layer in layers:
+            keys = (last if names[layer] == top else rec)[names[layer]].input  # [B, T, d_in]
+            k = keys[mask].to(accumulate_dtype)  # [N, d_in]
+            part = k.T @ k
+            totals[layer] = part if layer not in totals else totals[layer] + part
+        count += int(mask.sum())
         bar.update(len(batch))
     bar.close()
-    return (total / count).float().cpu(), count
+    return {layer: ((totals[layer] / count).float().cpu(), count) for layer in layers}
 
 
-def layer_stats(
+def layer_stats(mt: LoadedModel, layer: int, texts: Sequence[str] | None = None,
+                **kwargs) -> torch.Tensor:
+    """C = E[k kᵀ] at ``layer`` (float32, CPU), from the disk cache when a valid entry exists.
+
+    Give either ``texts`` (a list of strings; then ``corpus_id`` names them in the cache key --
+    without it the key is a hash of the texts) or ``corpus`` (see :func:`load_corpus`, or
+    ``"sampled"``: ``n_samples`` (default 2,000) texts of 128 tokens from :func:`sample_corpus`,
+    drawn only when C is not cached; the default is ``"toy"`` for the embedded model and an error
+    for other models). ``n_samples`` caps the number of texts. ``max_length`` (tokens per text)
+    defaults to min(256, the model's context). Keywords as :func:`layers_stats`.
+    """
+    return layers_stats(mt, [layer], texts, **kwargs)[layer]
+
+
+def layers_stats(
     mt: LoadedModel,
-    layer: int,
+    layers: Sequence[int],
     texts: Sequence[str] | None = None,
     *,
     corpus: str | None = None,
@@ -263,16 +305,10 @@ def layer_stats(
     max_length: int | None = None,
     use_cache: bool = True,
     progress: bool = True,
-) -> torch.Tensor:
-    """C = E[k kᵀ] at ``layer`` (float32, CPU), from the disk cache when a valid entry exists.
-
-    Give either ``texts`` (a list of strings; then ``corpus_id`` names them in the cache key --
-    without it the key is a hash of the texts) or ``corpus`` (see :func:`load_corpus`, or
-    ``"sampled"``: ``n_samples`` (default 2,000) texts of 128 tokens from :func:`sample_corpus`,
-    drawn only when C is not cached; the default is ``"toy"`` for the embedded model and an error
-    for other models). ``n_samples`` caps the number of texts. ``max_length`` (tokens per text)
-    defaults to min(256, the model's context).
-    """
+) -> dict[int, torch.Tensor]:
+    """:func:`layer_stats` for several layers: the cached ones are read, the others computed in one
+    pass over the corpus (:func:`compute_mom2_layers`) and cached one file per layer, as
+    :func:`layer_stats` would have."""
     if max_length is None:
         max_length = min(256, _context_length(mt))
     sampled = texts is None and corpus == SAMPLED
@@ -296,31 +332,42 @@ def layer_stats(
             if corpus_id is None:
                 corpus_id = "texts-" + hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
         n_texts = len(texts)
-    key = cache_key(mt.name, layer, corpus_id, n_texts, max_length, mt.weights_id)
-    path = cache_path(cache_dir or default_cache_dir(), key)
-    if use_cache:
-        cached = load_stats(path, key)
+    found: dict[int, torch.Tensor] = {}
+    paths: dict[int, tuple[Path, dict]] = {}
+    for layer in sorted(set(layers)):
+        key = cache_key(mt.name, layer, corpus_id, n_texts, max_length, mt.weights_id)
+        paths[layer] = (cache_path(cache_dir or default_cache_dir(), key), key)
+        cached = load_stats(*paths[layer]) if use_cache else None
         if cached is not None:
-            return cached
+            found[layer] = cached
+    missing = [layer for layer in paths if layer not in found]
+    if not missing:
+        return found
     if progress:  # a long first computation says so before it starts (C is cached after it)
-        warn_if_long(mt, f"Computing C at layer {layer} from {n_texts:,} texts (once; cached after)",
+        top = max(missing)
+        warn_if_long(mt, f"Computing C at layer{'s' if len(missing) > 1 else ''} "
+                         f"{', '.join(map(str, missing))} from {n_texts:,} texts (once; cached after)",
                      2 * n_texts * n_tokens if sampled else cov_tokens(texts, max_length),
                      "fewer texts (n_samples), a smaller corpus, or a GPU",
-                     layers=None if sampled else layer + 1,
+                     layers=None if sampled else top + 1,
                      calls=n_tokens * -(-n_texts // 64) if sampled else -(-n_texts // batch_size))
     if sampled:
         texts = sample_corpus(mt, n_texts, n_tokens, progress=progress)
-    mom2, count = compute_mom2(mt, layer, texts, batch_size=batch_size, max_length=max_length,
-                               progress=progress)
-    if use_cache:
-        try:
-            save_stats(path, key, mom2, count)
-        except OSError as error:
-            warnings.warn(f"Could not write the statistics cache {path}: {error}", stacklevel=2)
-    return mom2
+    computed = compute_mom2_layers(mt, missing, texts, batch_size=batch_size, max_length=max_length,
+                                   progress=progress)
+    for layer, (mom2, count) in computed.items():
+        found[layer] = mom2
+        if use_cache:
+            path, key = paths[layer]
+            try:
+                save_stats(path, key, mom2, count)
+            except OSError as error:
+                warnings.warn(f"Could not write the statistics cache {path}: {error}", stacklevel=2)
+    return found
 
 
 __all__ = [
     "CorpusNotAvailableError", "default_cache_dir", "cache_key", "cache_path", "tensor_checksum",
-    "save_stats", "load_stats", "load_corpus", "sample_corpus", "SAMPLED", "WIKI_LEADS_CORPUS", "compute_mom2", "layer_stats",
+    "save_stats", "load_stats", "load_corpus", "sample_corpus", "SAMPLED", "WIKI_LEADS_CORPUS", "compute_mom2", "compute_mom2_layers", "layer_stats",
+    "layers_stats",
 ]

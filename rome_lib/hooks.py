@@ -32,6 +32,10 @@ class StopForward(Exception):
 
 def get_module(model: nn.Module, name: str) -> nn.Module:
     """The submodule called ``name``; a clear error with near names when there is none."""
+    try:
+        return model.get_submodule(name)  # a walk down the name, not over every module
+    except AttributeError:
+        pass
     modules = dict(model.named_modules())
     if name in modules:
         return modules[name]

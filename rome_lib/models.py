@@ -400,7 +400,7 @@ def _cache_argument(model_class: type) -> str:
 def forward_with_cache(model: nn.Module, ids: torch.Tensor, cache=None,
                        **inputs) -> tuple[torch.Tensor, object]:
     """``(logits, cache)`` of one forward pass that reuses and extends a KV cache (``inputs``: more
-    model arguments, e.g. ``attention_mask`` and ``position_ids`` for padded rows).
+    model arguments, e.g. ``attention_mask`` and ``position_ids`` for padded rows, ``logits_to_keep=1``).
 
     transformers renamed the argument (``past_key_values`` became ``cache`` in 5.24; the old name
     warns, and goes in 5.40), and a model swallows an unknown keyword silently -- it would then

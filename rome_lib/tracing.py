@@ -11,22 +11,28 @@ Three runs of the model on a prompt such as "The Space Needle is located in the 
 Score of a cell (t, l) = mean over the noise draws of P[o] in run 3. Its indirect effect is the score
 minus the corrupted probability; the total effect is clean minus corrupted.
 
-The official code runs one forward pass per (token, layer) cell. :func:`trace` instead puts many
-cells into one batch (each row restores its own cell), chunked to a memory budget;
+The official code runs one forward pass per (token, layer) cell over the whole prompt and model.
+:func:`trace` computes the same scores, but a cell restoring token t reruns only tokens t.. (the
+corrupted run's keys and values stand in for the tokens before, through the model's cache argument)
+and only the blocks from the first one it restores (starting from the corrupted run's input to that
+block), with many cells per pass and logits at the last position only.
 :func:`trace_reference` is the plain per-cell loop, kept for the tests and the benchmark.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
+from torch import nn
+from transformers import DynamicCache
 from tqdm import tqdm  # text bars: no widget output in committed notebooks
 
 from .hooks import trace as hook_trace
-from .models import LoadedModel
+from .models import LoadedModel, forward_with_cache
 
 KINDS = ("state", "mlp", "attn")
 BUCKETS = ("first_subject", "middle_subject", "last_subject", "first_subsequent", "further", "last")
@@ -214,6 +220,129 @@ def _rows_per_pass(mt: LoadedModel, n_tokens: int, samples: int, memory_budget: 
     return cells * samples
 
 
+# ----------------------------------------------------------------------------------------------
+# Fast exact tracing: reuse the corrupted run below and before the restored cell
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class _CorruptedRun:
+    """What the restoration passes reuse from the corrupted run (``samples`` noisy rows)."""
+
+    low: float
+    cache: object  # the run's KV cache: keys and values of every layer and token
+    block_inputs: list[torch.Tensor]  # input of block l, [samples, T, d]
+    severed: list[torch.Tensor]  # the severed module's output in each layer, [samples, T, d]
+
+
+def _corrupted_run(mt: LoadedModel, setup: _Setup, sever_names: list[str]) -> _CorruptedRun:
+    model, layout, (b, e) = mt.model, mt.layout, setup.subject_range
+    samples = setup.noise.shape[0]
+
+    def add_noise(x, _name):
+        x = x.clone()
+        x[:, b:e] += setup.noise
+        return x
+
+    blocks = [layout.layer(l) for l in range(layout.n_layer)]
+    with hook_trace(model, layout.embed, retain_output=False, edit_output=add_noise), \
+            hook_trace(model, blocks, retain_input=True, retain_output=False) as inputs, \
+            hook_trace(model, sever_names) as severed:
+        logits, cache = forward_with_cache(model, setup.ids.repeat(samples, 1), logits_to_keep=1)
+    low = torch.softmax(logits[:, -1].float(), -1)[:, setup.answer_id].mean().item()
+    return _CorruptedRun(low, cache, [inputs[n].input for n in blocks],
+                         [severed[n].output for n in sever_names])
+
+
+def _prefix_cache(model, corrupted: _CorruptedRun, token: int, sample_of_row: torch.Tensor):
+    """A KV cache of the corrupted run's first ``token`` tokens, one row per batch row."""
+    if token == 0:
+        return None
+    layers = corrupted.cache.layers
+    return DynamicCache(
+        ddp_cache_data=[(x.keys[sample_of_row, :, :token], x.values[sample_of_row, :, :token])
+                        for x in layers],
+        config=model.config,
+    )
+
+
+@contextlib.contextmanager
+def _blocks_from(mt: LoadedModel, start: int) -> Iterator[None]:
+    """For the ``with`` block the model runs only blocks ``start``.. (its block list is cut, then
+    put back): the blocks' own code runs unchanged, and each attention finds its layer's cache."""
+    parent_name, attr = mt.layout.block.removesuffix(".{}").rsplit(".", 1)
+    parent = mt.model.get_submodule(parent_name)
+    blocks = getattr(parent, attr)
+    setattr(parent, attr, nn.ModuleList(list(blocks)[start:]))
+    try:
+        yield
+    finally:
+        setattr(parent, attr, blocks)
+
+
+def _first_restored(kind: str, layer: int, window: int, n_layer: int) -> int:
+    return _restored_layers(kind, layer, window, n_layer).start
+
+
+def _group_start(first: int, n_layer: int, groups: int) -> int:
+    """Start layer of the group of cells whose first restored layer is ``first``."""
+    return max(s for s in (g * n_layer // groups for g in range(groups)) if s <= first)
+
+
+PASS_TOKENS = 256  # ours: token-rows a CPU pass needs before its blocks' weights are worth reading
+
+
+def _layer_groups(mt: LoadedModel, n_tokens: int, samples: int) -> int:
+    """How many start layers the cells restoring one token are split into (one pass each).
+
+    More groups skip more blocks, but a pass of few rows costs about as much as a larger one: it
+    reads every weight once and pays Python's fixed cost. So on a CPU the groups are as many as keep
+    ~:data:`PASS_TOKENS` token-rows per pass; a GPU, bound by the number of passes, uses one.
+    """
+    if mt.device.type == "cuda":
+        return 1
+    n_layer = mt.layout.n_layer
+    return max(1, min(n_layer, n_layer * samples * n_tokens // PASS_TOKENS))
+
+
+def _restoration_pass(mt, setup, corrupted, clean, cells, token, start, kind, window,
+                      sever_names) -> torch.Tensor:
+    """Scores of ``cells`` (all restoring at ``token``) from one pass over tokens token.. through
+    blocks start.. : the corrupted run supplies the keys/values before ``token`` and the block
+    input at ``start``; each group of ``samples`` rows restores its own cell at position 0."""
+    model, layout, n_layer = mt.model, mt.layout, mt.layout.n_layer
+    samples = setup.noise.shape[0]
+    device = setup.ids.device
+    rows = torch.arange(len(cells) * samples, device=device)
+    sample_of_row = rows % samples
+    restore_rows: dict[str, list[int]] = {}
+    for c, (_, layer) in enumerate(cells):
+        for l in _restored_layers(kind, layer, window, n_layer):
+            restore_rows.setdefault(layout.module(kind, l), []).extend(
+                range(c * samples, (c + 1) * samples))
+    index = {name: torch.tensor(r, device=device) for name, r in restore_rows.items()}
+    frozen = {name: values[sample_of_row, token]
+              for name, values in zip(sever_names, corrupted.severed)}
+
+    def inject(_x, _name):
+        return corrupted.block_inputs[start][sample_of_row, token:]
+
+    def edit(x, name):  # as the reference: freeze severed modules, then restore
+        if name in frozen:
+            x[:, 0] = frozen[name]
+        if name in index:
+            x[index[name], 0] = clean[name][token]
+        return x
+
+    names = sorted(set(index) | set(frozen))
+    cache = _prefix_cache(model, corrupted, token, sample_of_row)
+    with hook_trace(model, layout.layer(start), retain_output=False, edit_input=inject), \
+            hook_trace(model, names, retain_output=False, edit_output=edit), \
+            _blocks_from(mt, start):
+        logits, _ = forward_with_cache(model, setup.ids[:, token:].repeat(len(rows), 1), cache,
+                                       logits_to_keep=1)
+    probs = torch.softmax(logits[:, -1].float(), -1)[:, setup.answer_id]
+    return probs.view(len(cells), samples).mean(1)
+
+
 @torch.no_grad()
 def trace(
     mt: LoadedModel,
@@ -228,86 +357,61 @@ def trace(
     seed: int = 1,
     answer_id: int | None = None,
     memory_budget: int | None = None,
+    layer_groups: int | None = None,
 ) -> TraceResult:
-    """Scores for every (token, layer) cell of ``kind``, many cells per forward pass.
+    """Scores for every (token, layer) cell of ``kind``; the same numbers as :func:`trace_reference`
+    with a fraction of its arithmetic.
+
+    A cell restoring token t changes nothing before t (the model is causal) and nothing below the
+    first layer it restores. So one corrupted run is kept -- its KV cache and every block's input --
+    and each restoration pass feeds only tokens t.. through the model's cache argument, starting at
+    the cached block input of its start layer. Cells sharing a token and a start layer share a pass
+    (chunked to ``memory_budget``: bytes of activations per pass, default a quarter of free GPU
+    memory, or 1 GiB on a CPU); only the last position's logits are computed. ``layer_groups`` is
+    how many start layers a token's cells are split into (default: :func:`_layer_groups`): more
+    skips more blocks, fewer means fewer, larger passes; the scores are the same.
 
     ``sever="mlp"`` (or ``"attn"``) freezes that module's outputs at the restored token to their
     corrupted values in all layers (paper §2.2, Fig. 3) — the values of the *same* noise draw, as the
-    paper defines it; the official ``trace_with_repatch`` draws fresh noise for the frozen pass. ``answer_id`` defaults to the clean argmax.
-    ``memory_budget`` (bytes of activations per pass) defaults to a quarter of free GPU memory, or
-    1 GiB on a CPU.
+    paper defines it; the official ``trace_with_repatch`` draws fresh noise for the frozen pass.
+    ``answer_id`` defaults to the clean argmax.
     """
     _check_args(kind, sever, samples)
     layout, model = mt.layout, mt.model
     n_layer = layout.n_layer
     window = window or default_window(n_layer)
+    if layer_groups is not None and layer_groups < 1:
+        raise ValueError("layer_groups must be at least 1.")
     setup = _prepare(mt, prompt, subject, samples, noise, seed, answer_id)
-    ids, (b, e) = setup.ids, setup.subject_range
+    ids, (b, _) = setup.ids, setup.subject_range
     n_tokens = ids.shape[1]
 
-    # 1. Clean states of the restored kind; 2. the corrupted run (and severed modules' values there).
     restore_names = [layout.module(kind, l) for l in range(n_layer)]
-    sever_names = [layout.module(sever, l) for l in range(n_layer)] if sever else []
     with hook_trace(model, restore_names) as rec:
         model(ids, logits_to_keep=1)
-    clean = [rec[name].output[0] for name in restore_names]  # each [T, d]
+    clean = {name: rec[name].output[0] for name in restore_names}  # each [T, d]
+    sever_names = [layout.module(sever, l) for l in range(n_layer)] if sever else []
+    corrupted = _corrupted_run(mt, setup, sever_names)
 
-    def add_noise(x, _name, draws=setup.noise):
-        x = x.clone()
-        x[:, b:e] += draws.repeat(x.shape[0] // samples, 1, 1)
-        return x
-
-    corrupt_ids = ids.repeat(samples, 1)
-    with hook_trace(model, layout.embed, retain_output=False, edit_output=add_noise):
-        with hook_trace(model, sever_names) as rec:
-            logits = model(corrupt_ids, logits_to_keep=1).logits[:, -1].float()
-    low = torch.softmax(logits, -1)[:, setup.answer_id].mean().item()
-    severed = [rec[name].output for name in sever_names]  # each [samples, T, d]
-
-    # 3. Restoration: each group of `samples` rows restores one (token, layer) cell. Tokens before
-    # the subject never see the noise (the model is causal), so restoring or freezing anything there
+    # Tokens before the subject never see the noise, so restoring or freezing anything there
     # changes nothing: those cells score the corrupted run's probability and need no pass.
-    cells = [(t, l) for t in range(b, n_tokens) for l in range(n_layer)]
-    rows = _rows_per_pass(mt, n_tokens, samples, memory_budget)
     scores = torch.zeros(n_tokens, n_layer)
-    scores[:b] = low
-    for start in range(0, len(cells), rows // samples):
-        chunk = cells[start : start + rows // samples]
-        # For every layer: which rows restore it, and at which token.
-        per_layer: dict[int, tuple[list[int], list[int]]] = {}
-        for c, (t, l) in enumerate(chunk):
-            for restored in _restored_layers(kind, l, window, n_layer):
-                r, tok = per_layer.setdefault(restored, ([], []))
-                r.extend(range(c * samples, (c + 1) * samples))
-                tok.extend([t] * samples)
-        index = {
-            restore_names[l]: (torch.tensor(r, device=ids.device), torch.tensor(tok, device=ids.device))
-            for l, (r, tok) in per_layer.items()
-        }
-        chunk_tokens = torch.tensor([t for t, _ in chunk], device=ids.device).repeat_interleave(samples)
-        chunk_rows = torch.arange(len(chunk) * samples, device=ids.device)
-        sample_of_row = chunk_rows % samples
-
-        def restore(x, name):
-            if name in index:
-                r, tok = index[name]
-                x[r, tok] = clean[restore_names.index(name)][tok]
-            return x
-
-        def freeze(x, name):
-            values = severed[sever_names.index(name)]
-            x[chunk_rows, chunk_tokens] = values[sample_of_row, chunk_tokens]
-            return x
-
-        batch = ids.repeat(len(chunk) * samples, 1)
-        with hook_trace(model, layout.embed, retain_output=False, edit_output=add_noise), \
-                hook_trace(model, sever_names, retain_output=False, edit_output=freeze), \
-                hook_trace(model, list(index), retain_output=False, edit_output=restore):
-            logits = model(batch, logits_to_keep=1).logits[:, -1].float()
-        probs = torch.softmax(logits, -1)[:, setup.answer_id].view(len(chunk), samples).mean(1)
-        for (t, l), p in zip(chunk, probs.tolist()):
-            scores[t, l] = p
-    return _result(mt, prompt, subject, kind, setup, scores, low, window, sever)
+    scores[:b] = corrupted.low
+    passes: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for t in range(b, n_tokens):
+        groups = min(n_layer, layer_groups or _layer_groups(mt, n_tokens - t, samples))
+        for l in range(n_layer):
+            start = _group_start(_first_restored(kind, l, window, n_layer), n_layer, groups)
+            passes.setdefault((t, start), []).append((t, l))
+    for (t, start), cells in passes.items():
+        per_pass = _rows_per_pass(mt, n_tokens - t, samples, memory_budget) // samples
+        for i in range(0, len(cells), per_pass):
+            chunk = cells[i : i + per_pass]
+            probs = _restoration_pass(mt, setup, corrupted, clean, chunk, t, start, kind, window,
+                                      sever_names)
+            for (_, l), p in zip(chunk, probs.tolist()):
+                scores[t, l] = p
+    return _result(mt, prompt, subject, kind, setup, scores, corrupted.low, window, sever)
 
 
 # ----------------------------------------------------------------------------------------------

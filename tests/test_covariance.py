@@ -69,7 +69,7 @@ def test_cache_roundtrip_and_key(tiny_gpt2, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("recomputed although a valid cache entry exists")
 
-    monkeypatch.setattr(covariance, "compute_mom2", boom)
+    monkeypatch.setattr(covariance, "compute_mom2_layers", boom)
     again = layer_stats(tiny_gpt2, 1, texts, corpus_id="unit", cache_dir=tmp_path, progress=False)
     assert torch.equal(first, again)
     # Another layer / corpus / sample count is another key: not served from this file.
@@ -231,3 +231,21 @@ def test_wiki_leads_corpus_is_the_leads_and_says_when_it_cannot_be_had(monkeypat
     monkeypatch.setattr(covariance, "load_wiki_leads", offline)
     with pytest.raises(CorpusNotAvailableError, match="Could not download"):
         load_corpus("wiki-leads")
+
+
+@pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_gptj"])
+def test_one_pass_over_the_corpus_gives_every_layers_statistics(request, fixture, tmp_path):
+    mt = request.getfixturevalue(fixture)
+    texts = make_corpus(12)
+    together = covariance.compute_mom2_layers(mt, [2, 0, 1], texts, batch_size=5, progress=False)
+    assert sorted(together) == [0, 1, 2]
+    for layer, (mom2, n) in together.items():
+        expected, count = direct_mom2(mt, layer, texts)
+        assert n == count
+        torch.testing.assert_close(mom2.double(), expected, rtol=1e-5, atol=1e-7)
+    # Cached one file per layer, so layer_stats (one layer, as ROME asks) reads them back.
+    stats = covariance.layers_stats(mt, [0, 2], texts, corpus_id="unit", cache_dir=tmp_path,
+                                    progress=False)
+    assert len(list(tmp_path.iterdir())) == 2
+    again = layer_stats(mt, 2, texts, corpus_id="unit", cache_dir=tmp_path, progress=False)
+    assert torch.equal(again, stats[2])

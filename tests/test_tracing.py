@@ -102,8 +102,31 @@ def test_batched_equals_per_cell_reference(request, fixture, kind, sever):
     reference = trace_reference(mt, PROMPT, SUBJECT, kind, **kw)
     assert batched.low == pytest.approx(reference.low, abs=1e-6)
     assert (batched.scores - reference.scores).abs().max() <= 1e-5
+    # Every cell starting at its own first restored layer (the default on a CPU for big models).
+    skipping = trace(mt, PROMPT, SUBJECT, kind, layer_groups=mt.n_layer, **kw)
+    assert (skipping.scores - reference.scores).abs().max() <= 1e-5
     if fixture == "peaky_gpt2":
         assert batched.scores.max() - batched.scores.min() > 0.01  # the comparison can fail
+
+
+@pytest.mark.parametrize("layer_groups", [1, 3, 4])
+@pytest.mark.parametrize("kind", ["state", "mlp"])
+def test_every_split_into_start_layers_gives_the_reference_scores(peaky_gpt2, kind, layer_groups):
+    kw = dict(noise=1.0, samples=3)
+    fast = trace(peaky_gpt2, PROMPT, SUBJECT, kind, layer_groups=layer_groups, **kw)
+    reference = trace_reference(peaky_gpt2, PROMPT, SUBJECT, kind, **kw)
+    assert (fast.scores - reference.scores).abs().max() <= 1e-5
+
+
+def test_the_cut_block_list_is_put_back(peaky_gpt2):
+    blocks = peaky_gpt2.model.transformer.h
+    with pytest.raises(RuntimeError):
+        with tracing._blocks_from(peaky_gpt2, 2):
+            assert len(peaky_gpt2.model.transformer.h) == peaky_gpt2.n_layer - 2
+            raise RuntimeError
+    assert peaky_gpt2.model.transformer.h is blocks
+    with pytest.raises(ValueError, match="layer_groups"):
+        trace(peaky_gpt2, PROMPT, SUBJECT, "state", layer_groups=0)
 
 
 def test_severing_changes_the_state_effect(peaky_gpt2):
@@ -171,3 +194,14 @@ def test_toy_default_noise_uses_its_known_facts(monkeypatch, peaky_gpt2):
     monkeypatch.setattr(tracing, "known_facts", lambda mt: [{"subject": "Space Needle"}])
     expected = 3 * tracing.embedding_std(peaky_gpt2, ["Space Needle"])
     assert tracing.default_noise(peaky_gpt2) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("kind", ["state", "attn"])
+def test_fast_trace_equals_the_reference_on_the_toy_model(kind):
+    from rome_lib.models import load_model
+
+    mt = load_model("toy", device="cpu")
+    fact = tracing.known_facts(mt)[0]
+    fast = trace(mt, fact["prompt"], fact["subject"], kind, samples=2, layer_groups=mt.n_layer)
+    reference = trace_reference(mt, fact["prompt"], fact["subject"], kind, samples=2)
+    assert (fast.scores - reference.scores).abs().max() <= 1e-5

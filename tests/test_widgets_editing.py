@@ -97,3 +97,40 @@ def test_widget_apply_and_undo(mt, hparams, record):
     playground.apply()
     assert playground.last_text.startswith("⚠") and "does not occur" in playground.last_text
     assert same(before, weights(mt))
+
+
+def test_run_edit_at_another_layer_reports_the_records_scores(mt, hparams, record):
+    from rome_lib.evaluation import record_metrics, score_record
+
+    rw = record["requested_rewrite"]
+    layer = (hparams.layer + 1) % mt.n_layer
+    result = run_edit(mt, rw["prompt"].format(rw["subject"]), rw["subject"], rw["target_new"]["str"],
+                      old=rw["target_true"]["str"], hparams=hparams, templates=TEMPLATES, layer=layer,
+                      paraphrases=record["paraphrase_prompts"],
+                      neighbours=record["neighborhood_prompts"], gen_length=2)
+    try:
+        assert result["edit"].layer == result["layer"] == layer
+        expected = record_metrics(score_record(mt, record))  # CounterFact's own scoring, edited model
+        assert result["scores"] == {k: expected[k] for k in ("ES", "PS", "NS")}
+        assert "edit scores: ES" in result["text"] and f"ROME at layer {layer}" in result["text"]
+    finally:
+        result["edit"].undo()
+    with pytest.raises(ValueError, match="does not exist"):
+        run_edit(mt, rw["prompt"].format(rw["subject"]), rw["subject"], "x", hparams=hparams,
+                 layer=mt.n_layer)
+
+
+def test_widget_layer_control_defaults_to_the_preset_and_is_used(mt, hparams, record):
+    before = weights(mt)
+    playground = EditPlayground(mt, records=[record], hparams=hparams, templates=TEMPLATES)
+    assert playground.layer.value == hparams.layer
+    assert playground.paraphrases.value and playground.neighbours.value  # filled by the example
+    playground.layer.value = (hparams.layer + 1) % mt.n_layer
+    playground.apply_button.click()
+    try:
+        assert playground.edit.layer == playground.layer.value
+        assert f"ROME at layer {playground.layer.value}" in playground.last_text
+        assert "edit scores: ES" in playground.last_text and " PS " in playground.last_text
+    finally:
+        playground.undo()
+    assert same(before, weights(mt))

@@ -54,3 +54,27 @@ def test_widget_updates_when_a_control_changes(mt, fact):
     explorer.subject.value = "not in the prompt"
     explorer.button.click()
     assert explorer.last_text.startswith("⚠") and "does not occur" in explorer.last_text
+
+
+def test_pinning_a_layer_shows_every_tokens_effect_there(mt, fact):
+    fig, text = explore(mt, fact["prompt"], fact["subject"], "state", samples=2, layer=1)
+    assert "layer 1" in fig.axes[1].get_title()  # beside the heatmap (and its colour bar)
+    n_tokens = len(mt.tokenizer(fact["prompt"])["input_ids"])
+    assert len(fig.axes[1].patches) == n_tokens  # one bar per token
+    assert "layer 1, effect per token" in text
+    with pytest.raises(ValueError, match="does not exist"):
+        explore(mt, fact["prompt"], fact["subject"], "state", samples=2, layer=mt.n_layer)
+
+
+def test_widget_pins_a_layer(mt, fact):
+    from rome_lib.tracing import trace
+    from rome_lib.widgets.tracing_explorer import pinned_effects
+
+    explorer = TracingExplorer(mt, facts=[fact], samples=2)
+    explorer.layer.value = 2
+    assert "layer 2, effect per token" in explorer.last_text
+    expected = pinned_effects(trace(mt, fact["prompt"], fact["subject"], "state", samples=2,
+                                    noise=explorer.noise), 2)
+    assert f"{expected[-1]:+.3f}" in explorer.last_text.splitlines()[-1]
+    explorer.layer.value = None
+    assert "effect per token" not in explorer.last_text

@@ -8,17 +8,19 @@ The logic is the plain function :func:`run_edit`, which tests and static noteboo
     result["edit"].undo()      # the weights are restored bit for bit
 
 :class:`EditPlayground` wraps it in ipywidgets core widgets only (Dropdown, Text, Textarea, Button):
-"Apply ROME" undoes the playground's previous edit (if any) and applies the new one, "Undo" restores
-the original weights. A notebook saved without widget state shows the static text printed under it.
+"Apply ROME" undoes the playground's previous edit (if any) and applies the new one at the chosen
+layer (default: the preset's) and reports its ES / PS / NS, "Undo" restores the original weights. A notebook saved without widget state shows the static text printed under it.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from typing import Sequence
 
 import torch
 
-from ..evaluation import generate, object_probs
+from ..evaluation import generate, object_probs, record_metrics, score_record
 from ..hparams import ROMEHyperParams
 from ..models import LoadedModel
 from ..rome import Edit, apply_rome
@@ -67,6 +69,9 @@ def run_edit(
     hparams: ROMEHyperParams | None = None,
     templates: list[str] | None = None,
     gen_length: int = GEN_LENGTH,
+    layer: int | None = None,
+    paraphrases: Sequence[str] = (),
+    neighbours: Sequence[str] = (),
 ) -> dict:
     """Apply ROME for (``subject``, ``prompt``, ``target``) and compare the model before and after.
 
@@ -74,12 +79,20 @@ def run_edit(
     model's top next token before the edit). ``probes`` are more prompts to score (paraphrases,
     other subjects). Returns a dict with the ``edit`` (still applied: call ``edit.undo()``), the
     probabilities per prompt before/after, the top predictions and greedy generations before/after,
-    and ``text``, a printable summary. Raises ValueError for a subject not in the prompt.
+    and ``text``, a printable summary. ``layer`` edits another layer than the preset's. ``scores``
+    holds the edit's ES / PS / NS (0..1, as CounterFact: the new object beats the old one on the
+    prompt / on each of ``paraphrases``; the old one still beats the new one on each of
+    ``neighbours``, prompts about other subjects); PS and NS only when such prompts are given.
+    Raises ValueError for a subject not in the prompt or a layer the model lacks.
     """
     request = as_request(prompt, subject, target)
     full = request["prompt"].format(request["subject"])
     new = " " + request["target_new"]["str"]
     hparams = hparams or ROMEHyperParams.for_model(mt.name, mt.n_layer)
+    if layer is not None:
+        if not 0 <= layer < mt.n_layer:
+            raise ValueError(f"Layer {layer} does not exist: this model has layers 0..{mt.n_layer - 1}.")
+        hparams = replace(hparams, layer=layer)
     before_top = top_predictions(mt, full, 3)
     old = (" " + old.strip()) if old and old.strip() else before_top[0][0]
     prompts = [full] + [p.strip() for p in probes if p.strip()]
@@ -98,6 +111,7 @@ def run_edit(
     try:
         na, oa, gen_after = measure()
         after_top = top_predictions(mt, full, 3)
+        scores = edit_scores(mt, request, old, paraphrases, neighbours)
     except Exception:
         edit.undo()
         raise
@@ -106,6 +120,8 @@ def run_edit(
     lines = [
         f"ROME at layer {edit.layer}: {full!r} → {new!r} ({len(history)} optimisation steps, "
         f"P[{new.strip()}] during the optimisation {history[0]['p_target']:.3f} → {history[-1]['p_target']:.3f})",
+        "edit scores: " + "  ".join(f"{k} {100 * v:.0f}" for k, v in scores.items())
+        + f"  (over 1 prompt, {len(paraphrases)} paraphrase(s), {len(neighbours)} other subject(s))",
         "",
         *_fmt_table(rows, old, new),
         "",
@@ -119,8 +135,19 @@ def run_edit(
         "edit": edit, "request": request, "old": old, "new": new, "prompts": prompts,
         "p_new_before": nb, "p_new_after": na, "p_old_before": ob, "p_old_after": oa,
         "top_before": before_top, "top_after": after_top,
-        "generations_before": gen_before, "generations_after": gen_after, "text": "\n".join(lines),
+        "generations_before": gen_before, "generations_after": gen_after, "scores": scores,
+        "layer": edit.layer, "text": "\n".join(lines),
     }
+
+
+def edit_scores(mt: LoadedModel, request: dict, old: str, paraphrases: Sequence[str] = (),
+                neighbours: Sequence[str] = ()) -> dict[str, float]:
+    """ES / PS / NS (0..1) of the model as it is now, for ``request`` against the ``old`` object."""
+    record = {"requested_rewrite": {**request, "target_true": {"str": old.strip()}},
+              "paraphrase_prompts": [p for p in paraphrases if p.strip()],
+              "neighborhood_prompts": [p for p in neighbours if p.strip()]}
+    metrics = record_metrics(score_record(mt, record))
+    return {k: metrics[k] for k in ("ES", "PS", "NS") if k in metrics}
 
 
 def _example(record: dict) -> dict:
@@ -128,7 +155,9 @@ def _example(record: dict) -> dict:
     return {"prompt": rw["prompt"].format(rw["subject"]), "subject": rw["subject"],
             "target": rw["target_new"]["str"], "old": rw["target_true"]["str"],
             "probes": list(record.get("paraphrase_prompts", []))[:1]
-            + list(record.get("neighborhood_prompts", []))[:2]}
+            + list(record.get("neighborhood_prompts", []))[:2],
+            "paraphrases": list(record.get("paraphrase_prompts", [])),
+            "neighbours": list(record.get("neighborhood_prompts", []))}
 
 
 class EditPlayground:
@@ -163,6 +192,13 @@ class EditPlayground:
         self.old = w.Text(description="old object")
         self.probes = w.Textarea(description="also score", layout=w.Layout(width="95%", height="4.5em"),
                                  placeholder="more prompts, one per line (paraphrases, other subjects)")
+        self.paraphrases = w.Textarea(description="paraphrases", layout=w.Layout(width="95%", height="4.5em"),
+                                      placeholder="for PS: the same fact in other words, one per line")
+        self.neighbours = w.Textarea(description="others", layout=w.Layout(width="95%", height="4.5em"),
+                                     placeholder="for NS: other subjects with the old object, one per line")
+        preset = (hparams or ROMEHyperParams.for_model(mt.name, mt.n_layer)).layer
+        self.layer = w.Dropdown(options=list(range(mt.n_layer)), value=preset,
+                                description="layer")
         self.apply_button = w.Button(description="Apply ROME", button_style="primary")
         self.undo_button = w.Button(description="Undo", disabled=True)
         self.text = w.Textarea(layout=w.Layout(width="95%", height="22em"), disabled=True)
@@ -170,7 +206,8 @@ class EditPlayground:
         self.apply_button.on_click(lambda _: self.apply())
         self.undo_button.on_click(lambda _: self.undo())
         self.widget = w.VBox([self.example, self.prompt, w.HBox([self.subject, self.target, self.old]),
-                              self.probes, w.HBox([self.apply_button, self.undo_button]), self.text])
+                              self.probes, self.paraphrases, self.neighbours,
+                              w.HBox([self.layer, self.apply_button, self.undo_button]), self.text])
         if self.examples:
             self.example.value = next(iter(self.examples))
 
@@ -184,6 +221,8 @@ class EditPlayground:
             self.prompt.value, self.subject.value = ex["prompt"], ex["subject"]
             self.target.value, self.old.value = ex["target"], ex["old"]
             self.probes.value = "\n".join(ex["probes"])
+            self.paraphrases.value = "\n".join(ex["paraphrases"])
+            self.neighbours.value = "\n".join(ex["neighbours"])
 
     def _show(self, text: str) -> None:
         self.last_text = self.text.value = text
@@ -196,7 +235,9 @@ class EditPlayground:
         try:
             result = run_edit(self.mt, self.prompt.value, self.subject.value, self.target.value,
                               old=self.old.value, probes=self.probes.value.splitlines(),
-                              hparams=self.hparams, templates=self.templates)
+                              hparams=self.hparams, templates=self.templates, layer=self.layer.value,
+                              paraphrases=self.paraphrases.value.splitlines(),
+                              neighbours=self.neighbours.value.splitlines())
         except ValueError as error:
             self._show(f"⚠ {error}")
             self.undo_button.disabled = True
@@ -218,4 +259,4 @@ class EditPlayground:
                    + self.last_text)
 
 
-__all__ = ["as_request", "run_edit", "EditPlayground"]
+__all__ = ["as_request", "run_edit", "edit_scores", "EditPlayground"]
