@@ -26,6 +26,7 @@ from tqdm import tqdm
 from .errors import CorpusNotAvailableError, RomeError
 from .estimate import aie_tokens, announcements_to, edit_tokens, warn_if_long
 from .hparams import UPDATES, FTHyperParams, ROMEHyperParams
+from .methods import EDIT_METHODS, edit_function
 from .models import load_model
 from .real_models import add_models_parser
 from .tracing import KINDS, average_indirect_effects, known_facts, trace_all, trace_json
@@ -176,8 +177,8 @@ def _key_statistics(mt, hparams) -> None:
 
 
 def cmd_edit(args) -> dict:
+    from .edits import normalize_request
     from .evaluation import generate
-    from .rome import apply_rome, normalize_request
 
     mt = _model(args)
     hparams = _hparams(args, mt)
@@ -195,7 +196,7 @@ def cmd_edit(args) -> dict:
         out["generations_pre"] = generate(mt, gen_prompts, 40, seed=0)
     _key_statistics(mt, hparams)
     started = time.perf_counter()
-    edit = apply_rome(mt, request, hparams)
+    edit = edit_function("rome", hparams)(mt, request)
     out["edit_seconds"] = round(time.perf_counter() - started, 3)
     out["layer"] = edit.layer
     out["post"] = _predict(mt, prompt, new, true)
@@ -228,7 +229,7 @@ def cmd_evaluate(args) -> dict:
     if args.dataset == "zsre":
         from .zsre import evaluate_zsre, zsre_cases
 
-        edit_fn = None if args.method == "none" else _edit_fn(args.method, hparams)
+        edit_fn = None if args.method == "none" else edit_function(args.method, hparams)
         cases = tqdm(zsre_cases(records, mt.tokenizer), desc=f"evaluate zsRE ({args.method})")
         summary = evaluate_zsre(mt, cases, edit_fn)["summary"]
         out = {"method": args.method, "dataset": "zsre",
@@ -243,15 +244,6 @@ def cmd_evaluate(args) -> dict:
     if not args.json:
         print(", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in out.items()))
     return out
-
-
-def _edit_fn(method: str, hparams):
-    from .baselines import apply_ft
-    from .rome import apply_rome
-
-    if method == "rome":
-        return lambda mt, request: apply_rome(mt, request, hparams)
-    return lambda mt, request: apply_ft(mt, request, hparams, constrained=(method == "ft-l"))
 
 
 def cmd_bench(args) -> dict:
@@ -336,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="CounterFact / zsRE metrics of an editing method")
     common(p)
-    p.add_argument("--method", choices=["none", "rome", "ft", "ft-l"], default="rome")
+    p.add_argument("--method", choices=["none", *EDIT_METHODS], default="rome")
     p.add_argument("--dataset", choices=["toy", "counterfact", "zsre"], default="toy",
                    help="toy: the model's own set; counterfact/zsre: the official files")
     p.add_argument("--n", type=int, default=None, help="first N records (default all)")

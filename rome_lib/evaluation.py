@@ -35,9 +35,10 @@ from typing import Callable, Iterable, Sequence
 import torch
 from tqdm import tqdm  # text bars: no widget output in committed notebooks
 
+from .methods import EDIT_METHODS, edit_function
 from .models import LoadedModel, forward_with_cache
 
-METHODS = ("none", "rome", "ft", "ft-l")
+METHODS = ("none", *EDIT_METHODS)  # "none": score the unedited model
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,16 +316,6 @@ def summarize(per_record: Sequence[dict]) -> dict:
     return out
 
 
-def _edit(mt: LoadedModel, request: dict, method: str, hparams):
-    if method == "rome":
-        from .rome import apply_rome
-
-        return apply_rome(mt, request, hparams)
-    from .baselines import apply_ft
-
-    return apply_ft(mt, request, hparams, constrained=(method == "ft-l"))
-
-
 def evaluate(
     mt: LoadedModel,
     records: Sequence[dict],
@@ -358,7 +349,7 @@ def evaluate(
         edit = None
         try:
             if method != "none":
-                edit = _edit(mt, record["requested_rewrite"], method, hparams)
+                edit = edit_function(method, hparams)(mt, record["requested_rewrite"])
             row = record_metrics(score_record(mt, record, batch_size))
             prompts = record.get("generation_prompts", [])
             if generation and prompts:
