@@ -19,7 +19,6 @@ import time
 import warnings
 from pathlib import Path
 
-import torch
 import transformers
 from tqdm import tqdm
 
@@ -29,6 +28,7 @@ from .hparams import UPDATES, FTHyperParams, ROMEHyperParams
 from .methods import EDIT_METHODS, edit_function
 from .models import load_model
 from .real_models import add_models_parser
+from .tokens import top_next_token
 from .tracing import KINDS, average_indirect_effects, known_facts, trace_all, trace_json
 
 
@@ -134,9 +134,7 @@ def _request(args, mt) -> tuple[dict, str | None]:
 def _predict(mt, prompt: str, new: str, true: str) -> dict:
     from .evaluation import object_probs
 
-    ids = mt.tokenizer(prompt, return_tensors="pt")["input_ids"].to(mt.device)
-    with torch.no_grad():
-        argmax = int(mt.model(ids, logits_to_keep=1).logits[0, -1].argmax())
+    argmax = top_next_token(mt, prompt)
     p_new, p_true = object_probs(mt, [prompt, prompt], [" " + new.strip(), " " + true.strip()]).tolist()
     return {"p_new": p_new, "p_true": p_true, "argmax": mt.tokenizer.decode([argmax])}
 
@@ -187,9 +185,7 @@ def cmd_edit(args) -> dict:
     prompt = request["prompt"].format(request["subject"])
     new = request["target_new"]["str"]
     if true is None:  # the model's own answer stands in for the true object
-        ids = mt.tokenizer(prompt, return_tensors="pt")["input_ids"].to(mt.device)
-        with torch.no_grad():
-            true = mt.tokenizer.decode([int(mt.model(ids, logits_to_keep=1).logits[0, -1].argmax())])
+        true = mt.tokenizer.decode([top_next_token(mt, prompt)])
     gen_prompts = [prompt, f"{request['subject']} is"]
     out = {"request": request, "pre": _predict(mt, prompt, new, true)}
     if args.generate:

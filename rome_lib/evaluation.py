@@ -37,6 +37,7 @@ from tqdm import tqdm  # text bars: no widget output in committed notebooks
 
 from .methods import EDIT_METHODS, edit_function
 from .models import LoadedModel, forward_with_cache
+from .tokens import sample_top_k
 
 METHODS = ("none", *EDIT_METHODS)  # "none": score the unedited model
 
@@ -131,8 +132,7 @@ def generate(mt: LoadedModel, prompts: Sequence[str], max_length: int = 100, *, 
             if greedy:
                 nxt = int(logits.argmax())
             else:
-                top, idx = logits.topk(min(top_k, logits.shape[-1]))
-                nxt = int(idx[torch.multinomial(torch.softmax(top, -1), 1, generator=generator)])
+                nxt = int(sample_top_k(logits, top_k, generator))
             new.append(nxt)
             x = torch.tensor([[nxt]], device=mt.device)
         texts.append(mt.tokenizer.decode(ids + new, skip_special_tokens=True))

@@ -51,15 +51,13 @@ from .edits import (  # noqa: F401  (re-exported: rome_lib.rome.Edit etc. keep w
 from .hooks import get_module, trace
 from .hparams import ROMEHyperParams
 from .models import LoadedModel
+from .tokens import token_span
 
 
 def _last_token_in(tokenizer, text: str, start: int, end: int) -> tuple[list[int], int]:
     """Token ids of ``text`` and the index of the last token overlapping characters [start, end)."""
-    enc = tokenizer(text, return_offsets_mapping=True)
-    hits = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a < end and b > start]
-    if not hits:
-        raise ValueError(f"No token of {text!r} covers characters {start}..{end}.")
-    return enc["input_ids"], hits[-1]
+    ids, _, last = token_span(tokenizer, text, start, end)
+    return ids, last
 
 
 def fill(template: str, prompt: str, subject: str) -> tuple[str, int, int]:
@@ -355,7 +353,7 @@ def apply_rome(
     request = normalize_request(request)
     if hparams is None:
         hparams = ROMEHyperParams.for_model(mt.name, mt.n_layer)
-    mt.layout.mlp_out_at(hparams.layer)  # clear IndexError for a bad layer
+    name = mt.layout.mlp_out_at(hparams.layer)  # also a clear IndexError for a bad layer
     tgt = target_ids(mt, request["target_new"]["str"])
     warn_if_already_predicted(mt, request, tgt)
     if templates is None:
@@ -366,13 +364,12 @@ def apply_rome(
         cov = None
     k_star, v_star, info = compute_v(mt, request, hparams, templates)
 
-    module = get_module(mt.model, mt.layout.mlp_out_at(hparams.layer))
+    module = get_module(mt.model, name)
     residual = v_star - project(module, mt.layout.out_weight_transposed, k_star)
-    weight_name = mt.layout.mlp_out_at(hparams.layer) + ".weight"
     upd = rank_one_update(module.weight, mt.layout.out_weight_transposed, k_star, residual, cov,
                           u_key=info["k_mean"])
 
-    edit = Edit.begin(mt, "rome", request, hparams.layer, [weight_name])
+    edit = Edit.begin(mt, "rome", request, hparams.layer, [name + ".weight"])
     with torch.no_grad():
         module.weight.copy_((module.weight.float() + upd).to(module.weight.dtype))
     edit.info.update(info, k_star=k_star, v_star=v_star, update_norm=upd.norm().item(),

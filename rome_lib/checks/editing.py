@@ -31,6 +31,7 @@ from ..rome import (
     Edit, apply_rome, compute_k, fill, rank_one_update, target_ids, v_loss, v_problem,
     weight_as_out_in,
 )
+from ..tokens import token_span, top_next_token
 from ..tracing import encode, find_subject_range, known_facts
 from .tracing import PASSED, _as_float, _failed, _model, _passed, _show, _verdict
 
@@ -136,13 +137,6 @@ def _close(a: float, b: float, tol: float = 2e-5) -> bool:
 # ----------------------------------------------------------------------------------------------
 # Exercise 1: k*, the mean key at the last subject token
 # ----------------------------------------------------------------------------------------------
-def _span_tokens(mt: LoadedModel, text: str, a: int, b: int) -> tuple[int, int]:
-    """The first and last token of ``text`` overlapping characters [a, b)."""
-    offsets = mt.tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
-    hits = [i for i, (x, y) in enumerate(offsets) if y > x and x < b and y > a]
-    return hits[0], hits[-1]
-
-
 @torch.no_grad()
 def _keys_at(mt: LoadedModel, prompt: str, subject: str, layer: int, templates: Sequence[str],
              where: str, module: str = "out") -> torch.Tensor:
@@ -154,7 +148,7 @@ def _keys_at(mt: LoadedModel, prompt: str, subject: str, layer: int, templates: 
     for template in templates:
         text, a, b = fill(template, prompt, subject)
         ids = mt.tokenizer(text, return_tensors="pt")["input_ids"].to(mt.device)
-        first, last = _span_tokens(mt, text, a, b)
+        _, first, last = token_span(mt.tokenizer, text, a, b)
         pos = {"first": first, "last": last, "end": ids.shape[1] - 1}[where]
         with trace(mt.model, name, retain_input=(module == "out")) as rec:
             mt.model(ids)
@@ -244,7 +238,7 @@ def _v_loss_variant(mt: LoadedModel, prompt: str, subject: str, target: str, lay
     if where != "last":  # δ added elsewhere than at the subject's last token
         at = torch.ones_like(problem.delta_at) if where == "all" else torch.zeros_like(problem.delta_at)
         if where != "all":
-            pos = ends if where == "end" else [_span_tokens(mt, *span)[0] for span in spans]
+            pos = ends if where == "end" else [token_span(mt.tokenizer, *span)[1] for span in spans]
             at[torch.arange(len(spans)), torch.tensor(pos)] = 1.0
         problem = replace(problem, delta_at=at)
     if shift:
@@ -504,8 +498,7 @@ def _probs(mt: LoadedModel, prompts: list[str], obj: str, how: str = "mean") -> 
 def _top1(mt: LoadedModel, prompts: list[str], obj: str) -> torch.Tensor:
     """Whether the most likely next token after each prompt is ``obj``'s first token."""
     first = target_ids(mt, " " + obj.strip())[0]
-    return torch.tensor([float(int(mt.model(encode(mt, p), logits_to_keep=1).logits[0, -1].argmax())
-                               == first) for p in prompts])
+    return torch.tensor([float(top_next_token(mt, p) == first) for p in prompts])
 
 
 def _score_variant(mt: LoadedModel, record: dict, group: str, *, how: str = "mean",

@@ -28,6 +28,7 @@ import torch
 
 from ..hooks import get_module
 from ..models import LoadedModel, load_model
+from ..tokens import top_next_token
 from .verdict import PASSED, failed as _failed, passed as _passed, verdict as _verdict
 from ..tracing import (
     BUCKETS, TraceResult, bucket_scores, default_noise, encode, find_subject_range, known_facts,
@@ -85,11 +86,6 @@ def _choose_cases(mt: LoadedModel) -> list[tuple[str, str]]:
                 chosen.append((f["prompt"], f["subject"]))
                 break
     return chosen if len(chosen) == 3 else [GENERIC_CASES[1], GENERIC_CASES[0], GENERIC_CASES[2]]
-
-
-def _answer_id(mt: LoadedModel, prompt: str) -> int:
-    with torch.no_grad():
-        return int(mt.model(encode(mt, prompt), logits_to_keep=1).logits[0, -1].argmax())
 
 
 def _noise(mt: LoadedModel) -> float:
@@ -322,7 +318,7 @@ def check_corrupt(fn: Callable, mt: LoadedModel | None = None) -> bool:
     mt = _model(mt)
     noise = _noise(mt)
     for prompt, subject in _cases(mt):
-        answer_id = _answer_id(mt, prompt)
+        answer_id = top_next_token(mt, prompt)
         ref = restored_probability(mt, prompt, subject, (), samples=SAMPLES, noise=noise, seed=SEED,
                                    answer_id=answer_id)
         raw, passes = _spied_call(mt, lambda: fn(
@@ -382,7 +378,7 @@ def check_restore(fn: Callable, mt: LoadedModel | None = None) -> bool:
     noise = _noise(mt)
     n_layer = mt.layout.n_layer
     for prompt, subject, token, layer, kind in _restore_cases(mt):
-        answer_id = _answer_id(mt, prompt)
+        answer_id = top_next_token(mt, prompt)
         want = _ref_restored(mt, prompt, subject, answer_id, noise, token, layer, kind)
         raw, passes = _spied_call(mt, lambda: fn(
             mt, prompt, subject, answer_id, token, layer, kind, noise=noise, samples=SAMPLES,
@@ -478,7 +474,7 @@ def check_trace(fn: Callable, mt: LoadedModel | None = None) -> bool:
     mt = _model(mt)
     noise = _noise(mt)
     prompt, subject = _cases(mt)[2]  # words before the subject, and it ends right before the last token
-    answer_id = _answer_id(mt, prompt)
+    answer_id = top_next_token(mt, prompt)
     ref = trace_reference(mt, prompt, subject, "state", samples=SAMPLES, noise=noise, seed=SEED,
                           answer_id=answer_id)
     raw, passes = _spied_call(mt, lambda: fn(
