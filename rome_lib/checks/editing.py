@@ -33,7 +33,8 @@ from ..rome import (
 )
 from ..tokens import token_span, top_next_token
 from ..tracing import encode, find_subject_range, known_facts
-from .tracing import PASSED, _as_float, _failed, _model, _passed, _show, _verdict
+from .common import as_float as _as_float, check_model as _model, n_tokens as _n_tokens, show as _show
+from .verdict import PASSED, failed as _failed, passed as _passed, verdict as _verdict
 
 # Few, short context templates keep the checks fast; the bare prompt comes first, as in ROME.
 TEMPLATES = ["{}", "It was late in the evening. {}", "Here is a fact. {}"]
@@ -57,10 +58,6 @@ GENERIC_RECORD = {
 # ----------------------------------------------------------------------------------------------
 # Cases
 # ----------------------------------------------------------------------------------------------
-def _n_tokens(mt: LoadedModel, text: str) -> int:
-    return len(mt.tokenizer(text)["input_ids"])
-
-
 def _layer(mt: LoadedModel) -> int:
     try:
         return ROMEHyperParams.for_model(mt.name, mt.n_layer).layer
@@ -102,7 +99,7 @@ def _objects(mt: LoadedModel, record: dict) -> list[str]:
     return sorted(found)
 
 
-def _records(mt: LoadedModel) -> list[dict]:
+def case_records(mt: LoadedModel) -> list[dict]:
     """Three CounterFact records of the model's own set, else a generic one. The first has a
     multi-token new object: one of the set's where it has them, else (the toy's objects are all one
     token) the first record's new object joined with another object of its relation by " and ", so
@@ -300,7 +297,7 @@ def check_v_loss(fn: Callable, mt: LoadedModel | None = None) -> bool:
     ``F.kl_div(kl_distr_init, kl_log_probs, log_target=True)``)."""
     mt = _model(mt)
     layer = _layer(mt)
-    record = _records(mt)[0]
+    record = case_records(mt)[0]
     rw = record["requested_rewrite"]
     prompt, subject, target = rw["prompt"], rw["subject"], _target(record)
     args = (mt, prompt, subject, target, layer)
@@ -602,7 +599,7 @@ def _designed_records(mt: LoadedModel, record: dict) -> list[dict]:
     return []
 
 
-class _Edited:
+class EditedModel:
     """A quick ROME edit (C = I, three templates) of ``record`` for the length of a ``with`` block,
     so that scores are checked on an edited model too. The edited weights are computed once per
     model and record, then copied in (as an :class:`~rome_lib.rome.Edit`, so undo is exact)."""
@@ -659,7 +656,7 @@ def _score_cases(mt: LoadedModel, group: str) -> list[_ScoreCase]:
     model, with every answer's score, so that a check only runs the learner's function."""
     key = (id(mt), group)
     if key not in _SCORE_CASES:
-        records = _records(mt)
+        records = case_records(mt)
         pool = [(records[0], False), (_swapped(records[0]), False), (records[0], True)]
         pool += [(r, False) for r in _designed_records(mt, records[0])]
         pool += [(r, False) for r in records[1:] + _counterfact(mt)[3:20]]
@@ -668,7 +665,7 @@ def _score_cases(mt: LoadedModel, group: str) -> list[_ScoreCase]:
         for record, edited in pool:
             if not missing and len(chosen) >= 3:
                 break
-            with (_Edited(mt, record) if edited else contextlib.nullcontext()):
+            with (EditedModel(mt, record) if edited else contextlib.nullcontext()):
                 scores = {m: _score_variant(mt, record, group, **_MISTAKES[m][0]) for m in answers[1:]}
                 scores[None] = record_metrics(score_record(mt, record))[_METRIC[group]]  # the library's
             apart = {(a, b) for a, b in missing if scores[a] is None or scores[b] is None
@@ -685,7 +682,7 @@ def _check_score(fn: Callable, mt: LoadedModel, group: str, name: str) -> bool:
     learner's answers (two mistakes can agree on one record, never on all of the cases)."""
     cases, got = _score_cases(mt, group), []
     for case in cases:
-        with (_Edited(mt, case.record) if case.edited else contextlib.nullcontext()):
+        with (EditedModel(mt, case.record) if case.edited else contextlib.nullcontext()):
             raw = fn(mt, case.record)
         value = _as_float(raw)
         if value is None:
