@@ -8,10 +8,9 @@ and :func:`rome_lib.zsre.evaluate_zsre`.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any, Callable
 
-from .baselines import apply_ft
+from .baselines import apply_ft, apply_ft_l
 from .edits import Edit
 from .models import LoadedModel
 from .rome import apply_rome
@@ -21,7 +20,7 @@ EditMethod = Callable[..., Edit]
 EDIT_METHODS: dict[str, EditMethod] = {
     "rome": apply_rome,
     "ft": apply_ft,  # FT+L when the given hparams carry a norm_constraint
-    "ft-l": partial(apply_ft, constrained=True),
+    "ft-l": apply_ft_l,
 }
 
 

@@ -3,14 +3,14 @@
 import pytest
 
 from rome_lib import edits, evaluation, rome
-from rome_lib.baselines import apply_ft
+from rome_lib.baselines import apply_ft, apply_ft_l
 from rome_lib.methods import EDIT_METHODS, edit_function
 
 
 def test_one_registry_names_every_method():
     assert evaluation.METHODS == ("none", *EDIT_METHODS)
     assert EDIT_METHODS["rome"] is rome.apply_rome
-    assert EDIT_METHODS["ft-l"].func is apply_ft and EDIT_METHODS["ft-l"].keywords == {"constrained": True}
+    assert EDIT_METHODS["ft"] is apply_ft and EDIT_METHODS["ft-l"] is apply_ft_l
 
 
 def test_unknown_method_is_one_clear_error():
