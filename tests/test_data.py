@@ -121,14 +121,6 @@ def test_load_known_facts_toy_and_files(tmp_path, monkeypatch):
         data.load_known_facts(str(path))
 
 
-def test_known_facts_noise_is_three_times_the_subject_std(tiny_gpt2):
-    from rome_lib.tracing import embedding_std
-
-    facts = json.loads((FIXTURES / "known_1000.json").read_text())
-    expected = 3 * embedding_std(tiny_gpt2, [f["subject"] for f in facts])
-    assert data.known_facts_noise(tiny_gpt2, facts) == pytest.approx(expected)
-
-
 # ----------------------------------------------------------------------------------------------
 # Wikipedia lead sections from a PyPI wheel (pip is replaced by a wheel built here)
 # ----------------------------------------------------------------------------------------------
