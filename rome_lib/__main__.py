@@ -19,15 +19,16 @@ import time
 import warnings
 from pathlib import Path
 
-import torch
 import transformers
 from tqdm import tqdm
 
 from .errors import CorpusNotAvailableError, RomeError
 from .estimate import aie_tokens, announcements_to, edit_tokens, warn_if_long
 from .hparams import UPDATES, FTHyperParams, MEMITHyperParams, ROMEHyperParams
+from .methods import EDIT_METHODS, edit_function
 from .models import load_model
 from .real_models import add_models_parser
+from .tokens import top_next_token
 from .tracing import KINDS, average_indirect_effects, known_facts, trace_all, trace_json
 
 
@@ -133,9 +134,7 @@ def _request(args, mt) -> tuple[dict, str | None]:
 def _predict(mt, prompt: str, new: str, true: str) -> dict:
     from .evaluation import object_probs
 
-    ids = mt.tokenizer(prompt, return_tensors="pt")["input_ids"].to(mt.device)
-    with torch.no_grad():
-        argmax = int(mt.model(ids, logits_to_keep=1).logits[0, -1].argmax())
+    argmax = top_next_token(mt, prompt)
     p_new, p_true = object_probs(mt, [prompt, prompt], [" " + new.strip(), " " + true.strip()]).tolist()
     return {"p_new": p_new, "p_true": p_true, "argmax": mt.tokenizer.decode([argmax])}
 
@@ -181,8 +180,8 @@ def _key_statistics(mt, hparams) -> None:
 
 
 def cmd_edit(args) -> dict:
+    from .edits import normalize_request
     from .evaluation import generate
-    from .rome import apply_rome, normalize_request
 
     mt = _model(args)
     hparams = _hparams(args, mt)
@@ -191,16 +190,14 @@ def cmd_edit(args) -> dict:
     prompt = request["prompt"].format(request["subject"])
     new = request["target_new"]["str"]
     if true is None:  # the model's own answer stands in for the true object
-        ids = mt.tokenizer(prompt, return_tensors="pt")["input_ids"].to(mt.device)
-        with torch.no_grad():
-            true = mt.tokenizer.decode([int(mt.model(ids, logits_to_keep=1).logits[0, -1].argmax())])
+        true = mt.tokenizer.decode([top_next_token(mt, prompt)])
     gen_prompts = [prompt, f"{request['subject']} is"]
     out = {"request": request, "pre": _predict(mt, prompt, new, true)}
     if args.generate:
         out["generations_pre"] = generate(mt, gen_prompts, 40, seed=0)
     _key_statistics(mt, hparams)
     started = time.perf_counter()
-    edit = apply_rome(mt, request, hparams)
+    edit = edit_function("rome", hparams)(mt, request)
     out["edit_seconds"] = round(time.perf_counter() - started, 3)
     out["layer"] = edit.layer
     out["post"] = _predict(mt, prompt, new, true)
@@ -233,7 +230,7 @@ def cmd_evaluate(args) -> dict:
     if args.dataset == "zsre":
         from .zsre import evaluate_zsre, zsre_cases
 
-        edit_fn = None if args.method == "none" else _edit_fn(args.method, hparams)
+        edit_fn = None if args.method == "none" else edit_function(args.method, hparams)
         cases = tqdm(zsre_cases(records, mt.tokenizer), desc=f"evaluate zsRE ({args.method})")
         summary = evaluate_zsre(mt, cases, edit_fn)["summary"]
         out = {"method": args.method, "dataset": "zsre",
@@ -264,19 +261,6 @@ def _evaluate_many(mt, records: list[dict], args, hparams) -> dict:
         return {k: v for k, v in out.items() if k != "final"} | out["final"]
     return evaluate_batched(mt, records, args.method, batch=args.batch or len(records),
                             hparams=hparams)
-
-
-def _edit_fn(method: str, hparams):
-    from .baselines import apply_ft
-    from .rome import apply_rome
-
-    if method == "rome":
-        return lambda mt, request: apply_rome(mt, request, hparams)
-    if method == "memit":
-        from .memit import apply_memit
-
-        return lambda mt, request: apply_memit(mt, [request], hparams)
-    return lambda mt, request: apply_ft(mt, request, hparams, constrained=(method == "ft-l"))
 
 
 def cmd_bench(args) -> dict:
@@ -383,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="CounterFact / zsRE metrics of an editing method")
     common(p)
-    p.add_argument("--method", choices=["none", "rome", "ft", "ft-l", "memit"], default="rome")
+    p.add_argument("--method", choices=["none", *EDIT_METHODS], default="rome")
     p.add_argument("--batch", type=int, default=None,
                    help="edit B records at once, score, undo (MEMIT: one batch; default all)")
     p.add_argument("--sequential", action="store_true",

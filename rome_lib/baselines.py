@@ -12,7 +12,7 @@ own position, as everywhere else in rome_lib. The official FT also trains the la
 weight is trained here (as ROME changes only the weight). The optimisation runs on a float32 copy of
 the weight even when the model is float16/bfloat16.
 
-The result is the same :class:`rome_lib.rome.Edit` as ROME's: ``undo()`` restores the weight bit for
+The result is the same :class:`rome_lib.edits.Edit` as ROME's: ``undo()`` restores the weight bit for
 bit, edits stack and undo in LIFO order, and it works as a context manager.
 """
 
@@ -23,7 +23,7 @@ from torch.func import functional_call
 
 from .hparams import FTHyperParams
 from .models import LoadedModel
-from .rome import Edit, _warn_if_already_predicted, normalize_request, target_ids
+from .edits import Edit, normalize_request, target_ids, warn_if_already_predicted
 
 
 def apply_ft(
@@ -44,7 +44,7 @@ def apply_ft(
     name = mt.layout.mlp_out_at(hparams.layer) + ".weight"
     param = dict(mt.model.named_parameters())[name]
     tgt = target_ids(mt, request["target_new"]["str"])
-    _warn_if_already_predicted(mt, request, tgt)
+    warn_if_already_predicted(mt, request, tgt)
 
     prompt_ids = mt.tokenizer(request["prompt"].format(request["subject"]))["input_ids"]
     ids = torch.tensor([prompt_ids + tgt], device=mt.device)

@@ -41,6 +41,7 @@ from .hooks import trace
 from .data import WIKI_LEADS, DataNotAvailableError, load_wiki_leads
 from .models import LoadedModel, forward_with_cache
 from .paths import cache_root
+from .tokens import sample_top_k
 
 FORMAT_VERSION = 1
 WIKI_LEADS_CORPUS = "wiki-leads"  # corpus names
@@ -196,9 +197,7 @@ def sample_corpus(mt: LoadedModel, n_texts: int, n_tokens: int = 128, *, top_k: 
         past, new = None, []
         for _ in range(n_tokens):
             logits, past = forward_with_cache(mt.model, x, past)
-            top, idx = logits[:, -1].float().cpu().topk(min(top_k, logits.shape[-1]), -1)
-            choice = torch.multinomial(torch.softmax(top, -1), 1, generator=generator)
-            new.append(idx.gather(1, choice))
+            new.append(sample_top_k(logits[:, -1].float().cpu(), top_k, generator))
             x = new[-1].to(mt.device)
         texts.extend(tok.batch_decode(torch.cat(new, 1), skip_special_tokens=True))
         bar.update(rows)

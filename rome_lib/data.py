@@ -8,8 +8,6 @@ with a progress bar and a check, and returns its path; later calls use the cache
     known_1000.json        1,209 facts GPT-2 XL knows (causal tracing; the paper samples 1,000, App. B.1)
     counterfact.json       21,919 counterfactual edit records (paper §3.3)
     zsre_mend_eval.json    zsRE question-answering edits, MEND's eval split (paper §3.2)
-    attribute_snippets.json  Wikipedia snippets per (relation, object), for the reference score
-    idf.npy, tfidf_vocab.json  tf-idf statistics of those snippets, for the reference score
 
 **Which checks are real.** Only ``known_1000.json``'s sha256 and size were verified here, against a
 copy of the official file (the data site cannot be reached from the machine this was written on).
@@ -65,10 +63,6 @@ OFFICIAL_FILES: dict[str, DataFile] = {
     # Not verified: the data site cannot be reached from where this was written.
     "counterfact": DataFile("counterfact.json", None, None, "21,919 CounterFact edit records"),
     "zsre": DataFile("zsre_mend_eval.json", None, None, "zsRE edits (MEND's evaluation split)"),
-    "attribute_snippets": DataFile("attribute_snippets.json", None, None,
-                                   "Wikipedia snippets per relation and object"),
-    "idf": DataFile("idf.npy", None, None, "tf-idf idf vector of the attribute snippets"),
-    "tfidf_vocab": DataFile("tfidf_vocab.json", None, None, "tf-idf vocabulary of the snippets"),
 }
 _WARNED: set[str] = set()
 
@@ -188,24 +182,6 @@ def load_zsre(size: int | None = None, **kwargs) -> list[dict]:
     return data if size is None else data[:size]
 
 
-def load_attribute_snippets(**kwargs) -> dict[str, dict[str, list[dict]]]:
-    """attribute_snippets.json as ``snippets[relation_id][target_id]`` → list of {"text", ...}
-    (Wikipedia snippets about subjects that have that object), as the official AttributeSnippets."""
-    out: dict[str, dict[str, list[dict]]] = {}
-    for el in _load_json("attribute_snippets", **kwargs):
-        out.setdefault(el["relation_id"], {}).setdefault(el["target_id"], []).extend(el["samples"])
-    return out
-
-
-def load_tfidf(**kwargs):
-    """(idf, vocabulary): the official tf-idf statistics (numpy vector, {word: column})."""
-    import numpy as np
-
-    idf = np.load(fetch("idf", **kwargs))
-    vocab = _load_json("tfidf_vocab", **kwargs)
-    return idf, vocab
-
-
 # ----------------------------------------------------------------------------------------------
 # Known facts: the embedded world's or the paper's, in one format
 # ----------------------------------------------------------------------------------------------
@@ -233,15 +209,6 @@ def load_known_facts(name: str = "toy", **kwargs) -> list[dict]:
         if missing:
             raise ValueError(f"Fact {i} of {name!r} lacks {', '.join(sorted(missing))}.")
     return facts
-
-
-def known_facts_noise(mt, facts: list[dict] | None = None) -> float:
-    """The official noise level ν = 3 × std of the subject-token embeddings of its known facts,
-    measured on ``mt``'s embeddings (``facts`` defaults to known_1000, fetched on demand)."""
-    from .tracing import default_noise
-
-    facts = facts if facts is not None else load_known_1000()
-    return default_noise(mt, [f["subject"] for f in facts])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -327,6 +294,6 @@ def load_wiki_leads(cache_dir: str | Path | None = None, spec: WheelFile = WIKI_
 __all__ = [
     "REMOTE_ROOT_URL", "DATA_URL", "DataFile", "OFFICIAL_FILES", "DataNotAvailableError", "data_dir",
     "fetch", "verify", "sha256_of", "load_known_1000", "load_counterfact", "load_zsre",
-    "load_attribute_snippets", "load_tfidf", "load_known_facts", "known_facts_noise",
+    "load_known_facts",
     "WheelFile", "WIKI_LEADS", "pip_download", "wheel_member", "check_member", "load_wiki_leads",
 ]

@@ -35,9 +35,11 @@ from typing import Callable, Iterable, Sequence
 import torch
 from tqdm import tqdm  # text bars: no widget output in committed notebooks
 
+from .methods import EDIT_METHODS, edit_function
 from .models import LoadedModel, forward_with_cache
+from .tokens import sample_top_k
 
-METHODS = ("none", "rome", "ft", "ft-l")
+METHODS = ("none", *EDIT_METHODS)  # "none": score the unedited model
 
 
 # ----------------------------------------------------------------------------------------------
@@ -130,8 +132,7 @@ def generate(mt: LoadedModel, prompts: Sequence[str], max_length: int = 100, *, 
             if greedy:
                 nxt = int(logits.argmax())
             else:
-                top, idx = logits.topk(min(top_k, logits.shape[-1]))
-                nxt = int(idx[torch.multinomial(torch.softmax(top, -1), 1, generator=generator)])
+                nxt = int(sample_top_k(logits, top_k, generator))
             new.append(nxt)
             x = torch.tensor([[nxt]], device=mt.device)
         texts.append(mt.tokenizer.decode(ids + new, skip_special_tokens=True))
@@ -315,16 +316,6 @@ def summarize(per_record: Sequence[dict]) -> dict:
     return out
 
 
-def _edit(mt: LoadedModel, request: dict, method: str, hparams):
-    if method == "rome":
-        from .rome import apply_rome
-
-        return apply_rome(mt, request, hparams)
-    from .baselines import apply_ft
-
-    return apply_ft(mt, request, hparams, constrained=(method == "ft-l"))
-
-
 def evaluate(
     mt: LoadedModel,
     records: Sequence[dict],
@@ -358,7 +349,7 @@ def evaluate(
         edit = None
         try:
             if method != "none":
-                edit = _edit(mt, record["requested_rewrite"], method, hparams)
+                edit = edit_function(method, hparams)(mt, record["requested_rewrite"])
             row = record_metrics(score_record(mt, record, batch_size))
             prompts = record.get("generation_prompts", [])
             if generation and prompts:

@@ -24,13 +24,13 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
-from .baselines import apply_ft
+from .edits import Edit
 from .evaluation import generate, generation_entropy, object_nlls, record_metrics, score_record, summarize
 from .memit import apply_memit
+from .methods import EDIT_METHODS, edit_function
 from .models import LoadedModel
-from .rome import Edit, apply_rome
 
-MASS_METHODS = ("rome", "ft", "ft-l", "memit")
+MASS_METHODS = tuple(EDIT_METHODS)
 BREAK_NLL = 0.5
 
 
@@ -40,13 +40,11 @@ def apply_edits(mt: LoadedModel, requests: Sequence[dict], method: str, hparams=
         raise ValueError(f"Unknown method {method!r}: use one of {', '.join(MASS_METHODS)}.")
     if method == "memit":
         return [apply_memit(mt, list(requests), hparams)]
+    apply = edit_function(method, hparams)
     edits = []
     try:
         for request in requests:
-            if method == "rome":
-                edits.append(apply_rome(mt, request, hparams))
-            else:
-                edits.append(apply_ft(mt, request, hparams, constrained=(method == "ft-l")))
+            edits.append(apply(mt, request))
     except BaseException:
         undo(edits)
         raise

@@ -98,10 +98,10 @@ def tracing_defaults(name: str) -> dict:
     ``samples`` (noise draws, 10 as the paper) and ``noise``.
 
     ``noise`` is None for every preset: the official code's ν = 3 × std of the subject-token
-    embeddings of its known facts (the paper's App. B.1: 3σ of token embeddings over text), which depends on the real weights (not available here, and the official code
-    does not record the value). Compute it on the loaded model with
-    ``rome_lib.data.known_facts_noise(mt)`` (known_1000 subjects), or let tracing fall back to its
-    own default.
+    embeddings of its known facts (the paper's App. B.1: 3σ of token embeddings over text), which
+    depends on the real weights (not available here, and the official code does not record the
+    value). Compute it on the loaded model with ``rome_lib.course.setup(name).noise`` (known_1000
+    subjects), or let tracing fall back to its own default.
     """
     from .tracing import default_window  # tracing imports this module
 

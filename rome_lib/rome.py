@@ -37,70 +37,27 @@ from __future__ import annotations
 
 import unicodedata
 import warnings
-import weakref
-from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from dataclasses import dataclass, replace
+from typing import Sequence
 
 import torch
 
 from .covariance import layer_stats, sample_corpus
 from .deltas import DeltaProblem, kl_edit_orig
-from .errors import EditOrderError
+from .edits import (  # noqa: F401  (re-exported: rome_lib.rome.Edit etc. keep working)
+    Edit, EditOrderError, active_edits, normalize_request, target_ids, undo_all,
+    warn_if_already_predicted,
+)
 from .hooks import get_module, trace
 from .hparams import ROMEHyperParams
 from .models import LoadedModel
-
-
-# ----------------------------------------------------------------------------------------------
-# Requests
-# ----------------------------------------------------------------------------------------------
-def normalize_request(request: dict) -> dict:
-    """Check a request in the official format and return a copy whose target has a leading space.
-
-    ``{"prompt": "{} plays the sport of", "subject": "Michael Jordan", "target_new": {"str": "soccer"}}``
-    """
-    if not isinstance(request, dict):
-        raise TypeError("A request is a dict with 'prompt', 'subject' and 'target_new': {'str': ...}.")
-    for key in ("prompt", "subject", "target_new"):
-        if key not in request:
-            raise ValueError(f"The request has no {key!r}: expected keys prompt, subject, target_new.")
-    prompt, subject = request["prompt"], request["subject"]
-    if not isinstance(subject, str) or not subject.strip():
-        raise ValueError("The request's subject is empty.")
-    if not isinstance(prompt, str) or "{}" not in prompt:
-        hint = ""
-        if isinstance(prompt, str) and subject in prompt:
-            hint = f" Write it with {{}} where the subject goes: {prompt.replace(subject, '{}', 1)!r}."
-        else:
-            hint = f" The subject {subject!r} does not occur in it either."
-        raise ValueError(f"The prompt {prompt!r} has no '{{}}' placeholder for the subject.{hint}")
-    if prompt.count("{}") > 1:
-        raise ValueError(f"The prompt {prompt!r} has more than one '{{}}' placeholder.")
-    target = request["target_new"]
-    target = target.get("str") if isinstance(target, dict) else target
-    if not isinstance(target, str) or not target.strip():
-        raise ValueError("The request's target_new['str'] is empty: there is nothing to insert.")
-    out = dict(request)
-    out["target_new"] = dict(request["target_new"]) if isinstance(request["target_new"], dict) else {}
-    out["target_new"]["str"] = target if target.startswith(" ") else " " + target
-    return out
-
-
-def target_ids(mt: LoadedModel, target: str) -> list[int]:
-    """Token ids of an object string (give it with its leading space), without special tokens."""
-    ids = mt.tokenizer(target, add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise ValueError(f"The target {target!r} has no tokens.")
-    return ids
+from .tokens import token_span
 
 
 def _last_token_in(tokenizer, text: str, start: int, end: int) -> tuple[list[int], int]:
     """Token ids of ``text`` and the index of the last token overlapping characters [start, end)."""
-    enc = tokenizer(text, return_offsets_mapping=True)
-    hits = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a < end and b > start]
-    if not hits:
-        raise ValueError(f"No token of {text!r} covers characters {start}..{end}.")
-    return enc["input_ids"], hits[-1]
+    ids, _, last = token_span(tokenizer, text, start, end)
+    return ids, last
 
 
 def fill(template: str, prompt: str, subject: str) -> tuple[str, int, int]:
@@ -371,86 +328,6 @@ def rank_one_update(weight: torch.Tensor, transposed: bool, k_star: torch.Tensor
 
 
 # ----------------------------------------------------------------------------------------------
-# Edits that can be undone exactly
-# ----------------------------------------------------------------------------------------------
-_STACKS: "weakref.WeakKeyDictionary[torch.nn.Module, list[Edit]]" = weakref.WeakKeyDictionary()
-
-
-@dataclass(eq=False)
-class Edit:
-    """A change to some parameters of a model, with the original bytes kept for :meth:`undo`.
-
-    Edits on one model form a stack: undo them last-in, first-out. Undoing an edit that is not the
-    most recent one still applied raises :class:`EditOrderError` (nothing is changed), because the
-    later edits were computed on top of it. Use as a context manager to undo on exit::
-
-        with apply_rome(mt, request) as edit:
-            ...  # the model knows the new fact here
-    """
-
-    mt: LoadedModel
-    method: str
-    request: dict
-    layer: int
-    names: list[str]
-    originals: dict[str, torch.Tensor] = field(repr=False)
-    info: dict[str, Any] = field(default_factory=dict, repr=False)
-    applied: bool = True
-
-    @classmethod
-    def begin(cls, mt: LoadedModel, method: str, request: dict, layer: int, names: list[str]) -> "Edit":
-        """Snapshot the named parameters (exact copies) before they are changed; push on the stack."""
-        params = dict(mt.model.named_parameters())
-        originals = {n: params[n].detach().clone() for n in names}
-        edit = cls(mt=mt, method=method, request=request, layer=layer, names=names, originals=originals)
-        _STACKS.setdefault(mt.model, []).append(edit)
-        return edit
-
-    def parameters(self) -> dict[str, torch.nn.Parameter]:
-        params = dict(self.mt.model.named_parameters())
-        return {n: params[n] for n in self.names}
-
-    def undo(self) -> None:
-        """Restore the original parameters bit for bit (LIFO order; see the class docstring)."""
-        if not self.applied:
-            raise EditOrderError(f"This {self.method} edit has already been undone.")
-        stack = _STACKS.get(self.mt.model, [])
-        if not stack or stack[-1] is not self:
-            later = stack[stack.index(self) + 1 :] if self in stack else []
-            raise EditOrderError(
-                f"Edits must be undone last-in, first-out: undo the {len(later)} later edit(s) "
-                f"first ({', '.join(e.describe() for e in reversed(later))})."
-            )
-        with torch.no_grad():
-            for name, param in self.parameters().items():
-                param.copy_(self.originals[name])
-        stack.pop()
-        self.applied = False
-
-    def describe(self) -> str:
-        r = self.request
-        return f"{self.method}: {r['prompt'].format(r['subject'])!r} -> {r['target_new']['str']!r}"
-
-    def __enter__(self) -> "Edit":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.applied:
-            self.undo()
-
-
-def active_edits(mt: LoadedModel) -> list[Edit]:
-    """The edits currently applied to ``mt``'s model, oldest first."""
-    return list(_STACKS.get(mt.model, []))
-
-
-def undo_all(mt: LoadedModel) -> None:
-    """Undo every edit still applied to ``mt``'s model, newest first."""
-    for edit in reversed(active_edits(mt)):
-        edit.undo()
-
-
-# ----------------------------------------------------------------------------------------------
 # The whole edit
 # ----------------------------------------------------------------------------------------------
 _COV_CACHE: dict[tuple, torch.Tensor] = {}
@@ -468,17 +345,6 @@ def get_cov(mt: LoadedModel, hparams: ROMEHyperParams, progress: bool = True,
         _COV_CACHE[key] = layer_stats(mt, layer, corpus=hparams.mom2_corpus,
                                       n_samples=hparams.mom2_n_samples, progress=progress)
     return _COV_CACHE[key]
-
-
-@torch.no_grad()
-def _warn_if_already_predicted(mt: LoadedModel, request: dict, tgt: list[int]) -> None:
-    ids = mt.tokenizer(request["prompt"].format(request["subject"]))["input_ids"]
-    full = torch.tensor([ids + tgt], device=mt.device)
-    logits = mt.model(full).logits[0, len(ids) - 1 : len(ids) - 1 + len(tgt)]
-    if logits.argmax(-1).tolist() == tgt:
-        warnings.warn(f"The model already predicts {request['target_new']['str']!r} for "
-                      f"{request['prompt'].format(request['subject'])!r}; the edit changes little.",
-                      stacklevel=3)
 
 
 def apply_rome(
@@ -501,9 +367,9 @@ def apply_rome(
     request = normalize_request(request)
     if hparams is None:
         hparams = ROMEHyperParams.for_model(mt.name, mt.n_layer)
-    mt.layout.mlp_out_at(hparams.layer)  # clear IndexError for a bad layer
+    name = mt.layout.mlp_out_at(hparams.layer)  # also a clear IndexError for a bad layer
     tgt = target_ids(mt, request["target_new"]["str"])
-    _warn_if_already_predicted(mt, request, tgt)
+    warn_if_already_predicted(mt, request, tgt)
     if templates is None:
         templates = context_templates(mt, hparams.context_lengths, hparams.context_top_k, hparams.seed)
     if hparams.mom2_adjustment and cov is None:
@@ -512,13 +378,12 @@ def apply_rome(
         cov = None
     k_star, v_star, info = compute_v(mt, request, hparams, templates)
 
-    module = get_module(mt.model, mt.layout.mlp_out_at(hparams.layer))
+    module = get_module(mt.model, name)
     residual = v_star - project(module, mt.layout.out_weight_transposed, k_star)
-    weight_name = mt.layout.mlp_out_at(hparams.layer) + ".weight"
     upd = rank_one_update(module.weight, mt.layout.out_weight_transposed, k_star, residual, cov,
                           u_key=info["k_mean"])
 
-    edit = Edit.begin(mt, "rome", request, hparams.layer, [weight_name])
+    edit = Edit.begin(mt, "rome", request, hparams.layer, [name + ".weight"])
     with torch.no_grad():
         module.weight.copy_((module.weight.float() + upd).to(module.weight.dtype))
     edit.info.update(info, k_star=k_star, v_star=v_star, update_norm=upd.norm().item(),

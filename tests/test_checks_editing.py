@@ -109,7 +109,7 @@ def v_loss(mt, prompt, subject, target, layer, delta, templates, kl_factor=0.062
 
 def test_v_loss_case_has_a_multi_token_target(mt):
     from rome_lib.rome import target_ids
-    assert len(target_ids(mt, " " + ce._target(ce._records(mt)[0]))) >= 3
+    assert len(target_ids(mt, " " + ce._target(ce.case_records(mt)[0]))) >= 3
 
 
 @pytest.mark.parametrize("kwargs, hint", [
@@ -137,7 +137,7 @@ def test_reference_v_loss_matches_compute_v_at_the_start(mt):
     from rome_lib.hparams import ROMEHyperParams
     from rome_lib.rome import compute_v
 
-    record = ce._records(mt)[0]
+    record = ce.case_records(mt)[0]
     rw = record["requested_rewrite"]
     layer = ce._layer(mt)
     hp = ROMEHyperParams(layer=layer, v_num_grad_steps=1, mom2_adjustment=False)

@@ -187,7 +187,7 @@ def test_a_long_step_is_announced_on_stderr_and_json_stays_clean(capsys, model_d
 @pytest.mark.parametrize("update", [None, "consistent"])
 def test_update_option_reaches_rome(capsys, monkeypatch, command, update):
     """--update official|consistent (default official) picks the form of ROME's update."""
-    from rome_lib import rome
+    from rome_lib import methods
 
     seen = []
 
@@ -197,7 +197,7 @@ def test_update_option_reaches_rome(capsys, monkeypatch, command, update):
         def undo(self):
             pass
 
-    monkeypatch.setattr(rome, "apply_rome", lambda mt, request, hp=None, **kw: seen.append(hp) or NoEdit())
+    monkeypatch.setitem(methods.EDIT_METHODS, "rome", lambda mt, request, hp=None, **kw: seen.append(hp) or NoEdit())
     argv = [command, "--model", "toy", "--json"] + (["--update", update] if update else [])
     if command == "evaluate":
         argv += ["--method", "rome", "--n", "1", "--no-generation"]

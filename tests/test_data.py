@@ -12,7 +12,6 @@ import shutil
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from rome_lib import data
@@ -25,11 +24,10 @@ OFFLINE = "http://127.0.0.1:9/data/dsets"  # the discard port: connection refuse
 
 @pytest.fixture
 def fixture_site(monkeypatch, tmp_path):
-    """The data site replaced by a copy of the fixture folder (plus an idf.npy made here), each
-    file's checksum by the fixture's own."""
+    """The data site replaced by a copy of the fixture folder, each file's checksum by the
+    fixture's own."""
     site = tmp_path / "site"
     shutil.copytree(FIXTURES, site)
-    np.save(site / "idf.npy", np.arange(5.0))
     for name, spec in data.OFFICIAL_FILES.items():
         monkeypatch.setitem(data.OFFICIAL_FILES, name, dataclasses.replace(
             spec, sha256=sha256_of(site / spec.filename), size=None))
@@ -66,10 +64,6 @@ def test_loaders_return_official_formats(fixture_site):
     assert cf[0]["requested_rewrite"]["target_new"]["str"] == "English"
     zsre = data.load_zsre(progress=False)
     assert {"src", "subject", "rephrase", "answers", "loc", "loc_ans"} <= set(zsre[0])
-    snips = data.load_attribute_snippets(progress=False)
-    assert [s["name"] for s in snips["P103"]["Q150"]] == ["Jean Gabin", "Léon Blum"]
-    idf, vocab = data.load_tfidf(progress=False)
-    assert idf.tolist() == [0, 1, 2, 3, 4] and vocab["french"] == 2
 
 
 def test_offline_is_one_clear_error(monkeypatch, tmp_path):
@@ -125,14 +119,6 @@ def test_load_known_facts_toy_and_files(tmp_path, monkeypatch):
     path.write_text(json.dumps([{"prompt": "x"}]))
     with pytest.raises(ValueError, match="lacks subject"):
         data.load_known_facts(str(path))
-
-
-def test_known_facts_noise_is_three_times_the_subject_std(tiny_gpt2):
-    from rome_lib.tracing import embedding_std
-
-    facts = json.loads((FIXTURES / "known_1000.json").read_text())
-    expected = 3 * embedding_std(tiny_gpt2, [f["subject"] for f in facts])
-    assert data.known_facts_noise(tiny_gpt2, facts) == pytest.approx(expected)
 
 
 # ----------------------------------------------------------------------------------------------

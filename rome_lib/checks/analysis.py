@@ -16,8 +16,11 @@ import torch
 from ..evaluation import hmean, record_metrics, score_record
 from ..models import LoadedModel
 from ..tracing import find_subject_range
-from .editing import _Edited, _records
-from .tracing import _as_float, _as_layers, _failed, _model, _passed, _show, _verdict
+from .common import (
+    as_float as _as_float, as_layers as _as_layers, check_model as _model, show as _show,
+)
+from .editing import EditedModel, case_records
+from .verdict import failed as _failed, passed as _passed, verdict as _verdict
 
 
 # ----------------------------------------------------------------------------------------------
@@ -37,9 +40,9 @@ def check_ps_ns(fn: Callable, mt: LoadedModel | None = None) -> bool:
     """``fn(mt, record) -> (PS, NS)``: the record's paraphrase and neighbourhood scores (fractions),
     before and after a ROME edit of it."""
     mt = _model(mt)
-    record = _records(mt)[0]
+    record = case_records(mt)[0]
     for edited in (False, True):
-        with (_Edited(mt, record) if edited else contextlib.nullcontext()):
+        with (EditedModel(mt, record) if edited else contextlib.nullcontext()):
             want = record_metrics(score_record(mt, record))
             raw = fn(mt, record)
             rows = score_record(mt, record)

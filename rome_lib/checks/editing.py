@@ -31,8 +31,10 @@ from ..rome import (
     Edit, apply_rome, compute_k, fill, rank_one_update, target_ids, v_loss, v_problem,
     weight_as_out_in,
 )
+from ..tokens import token_span, top_next_token
 from ..tracing import encode, find_subject_range, known_facts
-from .tracing import PASSED, _as_float, _failed, _model, _passed, _show, _verdict
+from .common import as_float as _as_float, check_model as _model, n_tokens as _n_tokens, show as _show
+from .verdict import PASSED, failed as _failed, passed as _passed, verdict as _verdict
 
 # Few, short context templates keep the checks fast; the bare prompt comes first, as in ROME.
 TEMPLATES = ["{}", "It was late in the evening. {}", "Here is a fact. {}"]
@@ -56,10 +58,6 @@ GENERIC_RECORD = {
 # ----------------------------------------------------------------------------------------------
 # Cases
 # ----------------------------------------------------------------------------------------------
-def _n_tokens(mt: LoadedModel, text: str) -> int:
-    return len(mt.tokenizer(text)["input_ids"])
-
-
 def _layer(mt: LoadedModel) -> int:
     try:
         return ROMEHyperParams.for_model(mt.name, mt.n_layer).layer
@@ -101,7 +99,7 @@ def _objects(mt: LoadedModel, record: dict) -> list[str]:
     return sorted(found)
 
 
-def _records(mt: LoadedModel) -> list[dict]:
+def case_records(mt: LoadedModel) -> list[dict]:
     """Three CounterFact records of the model's own set, else a generic one. The first has a
     multi-token new object: one of the set's where it has them, else (the toy's objects are all one
     token) the first record's new object joined with another object of its relation by " and ", so
@@ -136,13 +134,6 @@ def _close(a: float, b: float, tol: float = 2e-5) -> bool:
 # ----------------------------------------------------------------------------------------------
 # Exercise 1: k*, the mean key at the last subject token
 # ----------------------------------------------------------------------------------------------
-def _span_tokens(mt: LoadedModel, text: str, a: int, b: int) -> tuple[int, int]:
-    """The first and last token of ``text`` overlapping characters [a, b)."""
-    offsets = mt.tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
-    hits = [i for i, (x, y) in enumerate(offsets) if y > x and x < b and y > a]
-    return hits[0], hits[-1]
-
-
 @torch.no_grad()
 def _keys_at(mt: LoadedModel, prompt: str, subject: str, layer: int, templates: Sequence[str],
              where: str, module: str = "out") -> torch.Tensor:
@@ -154,7 +145,7 @@ def _keys_at(mt: LoadedModel, prompt: str, subject: str, layer: int, templates: 
     for template in templates:
         text, a, b = fill(template, prompt, subject)
         ids = mt.tokenizer(text, return_tensors="pt")["input_ids"].to(mt.device)
-        first, last = _span_tokens(mt, text, a, b)
+        _, first, last = token_span(mt.tokenizer, text, a, b)
         pos = {"first": first, "last": last, "end": ids.shape[1] - 1}[where]
         with trace(mt.model, name, retain_input=(module == "out")) as rec:
             mt.model(ids)
@@ -244,7 +235,7 @@ def _v_loss_variant(mt: LoadedModel, prompt: str, subject: str, target: str, lay
     if where != "last":  # δ added elsewhere than at the subject's last token
         at = torch.ones_like(problem.delta_at) if where == "all" else torch.zeros_like(problem.delta_at)
         if where != "all":
-            pos = ends if where == "end" else [_span_tokens(mt, *span)[0] for span in spans]
+            pos = ends if where == "end" else [token_span(mt.tokenizer, *span)[1] for span in spans]
             at[torch.arange(len(spans)), torch.tensor(pos)] = 1.0
         problem = replace(problem, delta_at=at)
     if shift:
@@ -306,7 +297,7 @@ def check_v_loss(fn: Callable, mt: LoadedModel | None = None) -> bool:
     ``F.kl_div(kl_distr_init, kl_log_probs, log_target=True)``)."""
     mt = _model(mt)
     layer = _layer(mt)
-    record = _records(mt)[0]
+    record = case_records(mt)[0]
     rw = record["requested_rewrite"]
     prompt, subject, target = rw["prompt"], rw["subject"], _target(record)
     args = (mt, prompt, subject, target, layer)
@@ -504,8 +495,7 @@ def _probs(mt: LoadedModel, prompts: list[str], obj: str, how: str = "mean") -> 
 def _top1(mt: LoadedModel, prompts: list[str], obj: str) -> torch.Tensor:
     """Whether the most likely next token after each prompt is ``obj``'s first token."""
     first = target_ids(mt, " " + obj.strip())[0]
-    return torch.tensor([float(int(mt.model(encode(mt, p), logits_to_keep=1).logits[0, -1].argmax())
-                               == first) for p in prompts])
+    return torch.tensor([float(top_next_token(mt, p) == first) for p in prompts])
 
 
 def _score_variant(mt: LoadedModel, record: dict, group: str, *, how: str = "mean",
@@ -609,7 +599,7 @@ def _designed_records(mt: LoadedModel, record: dict) -> list[dict]:
     return []
 
 
-class _Edited:
+class EditedModel:
     """A quick ROME edit (C = I, three templates) of ``record`` for the length of a ``with`` block,
     so that scores are checked on an edited model too. The edited weights are computed once per
     model and record, then copied in (as an :class:`~rome_lib.rome.Edit`, so undo is exact)."""
@@ -666,7 +656,7 @@ def _score_cases(mt: LoadedModel, group: str) -> list[_ScoreCase]:
     model, with every answer's score, so that a check only runs the learner's function."""
     key = (id(mt), group)
     if key not in _SCORE_CASES:
-        records = _records(mt)
+        records = case_records(mt)
         pool = [(records[0], False), (_swapped(records[0]), False), (records[0], True)]
         pool += [(r, False) for r in _designed_records(mt, records[0])]
         pool += [(r, False) for r in records[1:] + _counterfact(mt)[3:20]]
@@ -675,7 +665,7 @@ def _score_cases(mt: LoadedModel, group: str) -> list[_ScoreCase]:
         for record, edited in pool:
             if not missing and len(chosen) >= 3:
                 break
-            with (_Edited(mt, record) if edited else contextlib.nullcontext()):
+            with (EditedModel(mt, record) if edited else contextlib.nullcontext()):
                 scores = {m: _score_variant(mt, record, group, **_MISTAKES[m][0]) for m in answers[1:]}
                 scores[None] = record_metrics(score_record(mt, record))[_METRIC[group]]  # the library's
             apart = {(a, b) for a, b in missing if scores[a] is None or scores[b] is None
@@ -692,7 +682,7 @@ def _check_score(fn: Callable, mt: LoadedModel, group: str, name: str) -> bool:
     learner's answers (two mistakes can agree on one record, never on all of the cases)."""
     cases, got = _score_cases(mt, group), []
     for case in cases:
-        with (_Edited(mt, case.record) if case.edited else contextlib.nullcontext()):
+        with (EditedModel(mt, case.record) if case.edited else contextlib.nullcontext()):
             raw = fn(mt, case.record)
         value = _as_float(raw)
         if value is None:

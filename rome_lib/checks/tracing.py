@@ -19,15 +19,17 @@ model works; the toy model is small enough to make every check take a second or 
 
 from __future__ import annotations
 
-import functools
-import math
-import os
 from typing import Callable
 
 import torch
 
 from ..hooks import get_module
-from ..models import LoadedModel, load_model
+from ..models import LoadedModel
+from ..tokens import top_next_token
+from .common import (
+    as_float as _as_float, as_layers as _as_layers, as_tensor as _as_tensor, check_model as _model,
+    n_tokens as _n_tokens, show as _show,
+)
 from .verdict import PASSED, failed as _failed, passed as _passed, verdict as _verdict
 from ..tracing import (
     BUCKETS, TraceResult, bucket_scores, default_noise, encode, find_subject_range, known_facts,
@@ -49,19 +51,6 @@ GENERIC_CASES = [
 # ----------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=4)
-def _load(name: str) -> LoadedModel:
-    return load_model(name, device="cpu")
-
-
-def _model(mt: LoadedModel | None) -> LoadedModel:
-    return mt if mt is not None else _load(os.environ.get("ROME_CHECK_MODEL", "toy"))
-
-
-def _n_tokens(mt: LoadedModel, text: str) -> int:
-    return len(mt.tokenizer(text)["input_ids"])
-
-
 _CASES: dict[int, list[tuple[str, str]]] = {}
 
 
@@ -87,11 +76,6 @@ def _choose_cases(mt: LoadedModel) -> list[tuple[str, str]]:
     return chosen if len(chosen) == 3 else [GENERIC_CASES[1], GENERIC_CASES[0], GENERIC_CASES[2]]
 
 
-def _answer_id(mt: LoadedModel, prompt: str) -> int:
-    with torch.no_grad():
-        return int(mt.model(encode(mt, prompt), logits_to_keep=1).logits[0, -1].argmax())
-
-
 def _noise(mt: LoadedModel) -> float:
     return default_noise(mt) if known_facts(mt) else 3 * 0.1
 
@@ -100,51 +84,6 @@ def _close(a: float, b: float) -> bool:
     """Equal up to float32 batching noise (relative ~1e-6), far below any effect a mistake has, even
     on the small probabilities of a corrupted run."""
     return abs(a - b) <= 1e-6 + 1e-4 * abs(b)
-
-
-def _show(value) -> str:
-    """A short description of what the learner returned, for a hint."""
-    if isinstance(value, torch.Tensor):
-        return f"a tensor of shape {tuple(value.shape)}"
-    text = repr(value)
-    return text if len(text) <= 60 else f"a {type(value).__name__}"
-
-
-def _as_tensor(value) -> torch.Tensor | None:
-    """The answer as a float32 CPU tensor (None if it cannot be one)."""
-    try:
-        if isinstance(value, torch.Tensor):
-            return value.detach().float().cpu()
-        return torch.as_tensor(value, dtype=torch.float32)
-    except (TypeError, ValueError, RuntimeError):
-        return None
-
-
-def _as_float(value) -> float | None:
-    """A scalar answer as a float (None if it is not one, or NaN)."""
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            return None
-        value = value.item()
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(value) else value
-
-
-def _as_layers(value) -> list[int] | None:
-    """A list of token or layer indices as ints (None unless it is a sequence of whole numbers)."""
-    if isinstance(value, torch.Tensor):
-        value = value.flatten().tolist() if value.dim() == 1 else None
-    if value is None or isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
-        return None
-    try:
-        items = list(value)
-        layers = [int(x) for x in items]
-    except (TypeError, ValueError, RuntimeError):
-        return None
-    return layers if all(float(x) == l for x, l in zip(items, layers)) else None
 
 
 class _InputSpy:
@@ -322,7 +261,7 @@ def check_corrupt(fn: Callable, mt: LoadedModel | None = None) -> bool:
     mt = _model(mt)
     noise = _noise(mt)
     for prompt, subject in _cases(mt):
-        answer_id = _answer_id(mt, prompt)
+        answer_id = top_next_token(mt, prompt)
         ref = restored_probability(mt, prompt, subject, (), samples=SAMPLES, noise=noise, seed=SEED,
                                    answer_id=answer_id)
         raw, passes = _spied_call(mt, lambda: fn(
@@ -382,7 +321,7 @@ def check_restore(fn: Callable, mt: LoadedModel | None = None) -> bool:
     noise = _noise(mt)
     n_layer = mt.layout.n_layer
     for prompt, subject, token, layer, kind in _restore_cases(mt):
-        answer_id = _answer_id(mt, prompt)
+        answer_id = top_next_token(mt, prompt)
         want = _ref_restored(mt, prompt, subject, answer_id, noise, token, layer, kind)
         raw, passes = _spied_call(mt, lambda: fn(
             mt, prompt, subject, answer_id, token, layer, kind, noise=noise, samples=SAMPLES,
@@ -478,7 +417,7 @@ def check_trace(fn: Callable, mt: LoadedModel | None = None) -> bool:
     mt = _model(mt)
     noise = _noise(mt)
     prompt, subject = _cases(mt)[2]  # words before the subject, and it ends right before the last token
-    answer_id = _answer_id(mt, prompt)
+    answer_id = top_next_token(mt, prompt)
     ref = trace_reference(mt, prompt, subject, "state", samples=SAMPLES, noise=noise, seed=SEED,
                           answer_id=answer_id)
     raw, passes = _spied_call(mt, lambda: fn(
