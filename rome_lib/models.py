@@ -371,7 +371,7 @@ class LoadedModel:
         """A short fingerprint of the weight files the model was loaded from (size and first/last
         MiB of each), so caches derived from the weights (key statistics) notice a retrained model.
         "unknown" when the model did not come from files."""
-        folder = Path(getattr(self.model.config, "_name_or_path", "") or "")
+        folder = self._folder()
         files = sorted(p for p in folder.glob("*") if p.suffix in (".safetensors", ".bin", ".gguf"))
         if not files:
             return "unknown"
@@ -387,8 +387,19 @@ class LoadedModel:
 
     def data_file(self, filename: str) -> Path | None:
         """A file shipped beside the weights (e.g. the toy model's ``known_facts.json``), if any."""
-        path = Path(getattr(self.model.config, "_name_or_path", "") or "") / filename
+        path = self._folder() / filename
         return path if path.is_file() else None
+
+    def _folder(self) -> Path:
+        """The folder the weights were read from: a local folder, or a hub id's snapshot in the
+        Hugging Face cache (its ``_name_or_path`` is then the id, not a folder)."""
+        source = getattr(self.model.config, "_name_or_path", "") or ""
+        if not source or os.path.isdir(source):
+            return Path(source)
+        from huggingface_hub import try_to_load_from_cache
+
+        config = try_to_load_from_cache(source, "config.json")
+        return Path(config).parent if isinstance(config, str) else Path(source)
 
 
 @functools.lru_cache(maxsize=None)
@@ -435,8 +446,12 @@ def _resolve(name: str) -> tuple[str, dict]:
 
 
 def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub answers at all (a quick TCP check, no retries)."""
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
+    """Whether the Hugging Face hub answers at all (a quick TCP check, no retries).
+
+    False at once when ``HF_HUB_OFFLINE`` is set (1/true/yes/on, as huggingface_hub reads it).
+    :func:`load_model` asks only after a cache miss: a model in the cache loads without the network.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return False
     try:
         socket.create_connection((host, 443), timeout=timeout).close()

@@ -62,3 +62,17 @@ def tiny_gptj(tmp_path_factory, tokenizer) -> LoadedModel:
     config = GPTJConfig(n_layer=4, n_embd=64, n_head=4, rotary_dim=8, vocab_size=len(tokenizer),
                         n_positions=128)
     return save_and_load(GPTJForCausalLM(config), tmp_path_factory.mktemp("gptj"), tokenizer)
+
+
+@pytest.fixture(scope="session")
+def gpt2_hub_home(tmp_path_factory):
+    """An HF_HOME whose cache holds ``gpt2`` as a download leaves it: a random-weight 6-layer GPT-2
+    with GPT-2's real tokenizer (see tests/hub_fixture.py). Skips where the tokenizer files are absent."""
+    from tests.hub_fixture import build_hub_cache, missing_reason
+
+    reason = missing_reason()
+    if reason:
+        pytest.skip(reason)
+    home = tmp_path_factory.mktemp("hf_home")
+    build_hub_cache(home)
+    return home
