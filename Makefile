@@ -36,12 +36,13 @@ lab: install
 # checked outputs hold on any thread count), while `make lab` uses all of the learner's cores.
 test test-fast: export OMP_NUM_THREADS ?= 1
 
+# One pytest worker per core (-n auto; a notebook's cells stay together on one worker).
 test: install
-	$(BIN)/python -m pytest -m "not slow" -q -p no:cacheprovider tests lessons solutions \
-	  --nbval-lax --nbval-current-env
+	$(BIN)/python -m pytest -m "not slow" -q -p no:cacheprovider -n auto --dist loadfile \
+	  tests lessons solutions --nbval-lax --nbval-current-env
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow" -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -m "not slow" -q -p no:cacheprovider -n auto --dist loadfile tests
 
 # reveal.js slides from the lessons, one deck per lesson in slides/ (headings start slides)
 slides: install

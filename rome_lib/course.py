@@ -13,8 +13,9 @@
 * **records** (:func:`model_records`): the ``counterfact.json`` beside the weights (the toy model's
   own records), else the paper's CounterFact file via :mod:`rome_lib.data` (one clear
   :class:`~rome_lib.data.DataNotAvailableError` when it cannot be had).
-* **noise**: the paper's ν = 3 × std of the subject-token embeddings of the fact set it traces
-  (the whole known set, as the official code measures it, not only the facts this model knows);
+* **noise**: ν = 3 × std of the subject-token embeddings of the fact set it traces (the official
+  code's choice; the paper's App. B.1 takes the std of token embeddings over a body of text): the
+  whole known set, as the official code measures it, not only the facts this model knows;
   when no fact set can be had, 3 × std of the whole embedding matrix (:func:`tracing.default_noise`).
 """
 

@@ -18,7 +18,7 @@ from rome_lib import data
 from rome_lib.data import DataNotAvailableError, fetch, load_wiki_leads, sha256_of
 
 FIXTURES = Path(__file__).parent / "fixtures" / "official"
-SHARED_KNOWN = Path("/work/shared/data/known_1000.json")
+SHARED_KNOWN = Path(__file__).resolve().parents[2] / "shared" / "data" / "known_1000.json"  # beside the repository
 OFFLINE = "http://127.0.0.1:9/data/dsets"  # the discard port: connection refused at once
 
 
