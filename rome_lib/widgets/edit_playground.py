@@ -118,7 +118,7 @@ def run_edit(
     rows = [(p, nb[i], na[i], ob[i] if ob else None, oa[i] if oa else None) for i, p in enumerate(prompts)]
     history = edit.info["history"]
     lines = [
-        f"ROME at layer {edit.layer}: {full!r} → {new!r} ({len(history)} optimisation steps, "
+        f"ROME at layer {edit.layer}: {full!r} → {new!r} ({len(history)} loss evaluations, "
         f"P[{new.strip()}] during the optimisation {history[0]['p_target']:.3f} → {history[-1]['p_target']:.3f})",
         "edit scores: " + "  ".join(f"{k} {100 * v:.0f}" for k, v in scores.items())
         + f"  (over 1 prompt, {len(paraphrases)} paraphrase(s), {len(neighbours)} other subject(s))",
