@@ -33,13 +33,14 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from .hooks import get_module, trace
+from .hparams import EditHyperParams
 from .models import LoadedModel, forward_with_cache
 
 
@@ -48,17 +49,6 @@ def kl_edit_orig(edit_log_probs: torch.Tensor, orig_log_probs: torch.Tensor) -> 
     distribution first, as the paper's eq. 4 and the official ``F.kl_div(kl_distr_init,
     kl_log_probs, log_target=True)`` (``F.kl_div(input, target)`` is KL(target ‖ input))."""
     return F.kl_div(orig_log_probs, edit_log_probs, log_target=True, reduction="none").sum(-1)
-
-
-class DeltaHyperParams(Protocol):
-    """The fields of :class:`~rome_lib.hparams.ROMEHyperParams` (and MEMIT's) that the loss uses."""
-
-    v_num_grad_steps: int
-    v_lr: float
-    v_weight_decay: float
-    clamp_norm_factor: float
-    kl_factor: float
-    early_stop_loss: float
 
 
 @dataclass
@@ -196,7 +186,7 @@ def _replayed(model: torch.nn.Module, store: dict):
 
 
 def _optimize_chunk(mt: LoadedModel, problems: Sequence[DeltaProblem], module_name: str,
-                    bases: torch.Tensor, hp: DeltaHyperParams) -> tuple[torch.Tensor, list[list[dict]]]:
+                    bases: torch.Tensor, hp: EditHyperParams) -> tuple[torch.Tensor, list[list[dict]]]:
     c = _chunk(mt, problems)
     n_facts, dev = len(problems), mt.device
     cache = None
@@ -267,7 +257,7 @@ def _optimize_chunk(mt: LoadedModel, problems: Sequence[DeltaProblem], module_na
 
 
 def optimize_deltas(mt: LoadedModel, problems: Sequence[DeltaProblem], module_name: str,
-                    bases: torch.Tensor, hparams: DeltaHyperParams, *, batch_size: int = 64,
+                    bases: torch.Tensor, hparams: EditHyperParams, *, batch_size: int = 64,
                     progress: bool = False) -> tuple[torch.Tensor, list[list[dict]]]:
     """``(δ [facts, d] float32, histories)``: the δ that makes each fact's target likely when added
     to ``module_name``'s output at the subject (see the module docstring); ``bases`` [facts, d] are
@@ -287,4 +277,4 @@ def optimize_deltas(mt: LoadedModel, problems: Sequence[DeltaProblem], module_na
     return torch.cat(deltas), histories
 
 
-__all__ = ["DeltaHyperParams", "DeltaProblem", "optimize_deltas"]
+__all__ = ["DeltaProblem", "optimize_deltas"]

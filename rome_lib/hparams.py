@@ -35,30 +35,23 @@ TOY_CLAMP = 10.0
 SMOLLM2_LAYER = 3
 
 
-@dataclass(frozen=True)
-class ROMEHyperParams:
-    """Everything ROME needs besides the model and the request.
+@dataclass(frozen=True, kw_only=True)
+class EditHyperParams:
+    """What ROME and MEMIT share: the optimisation of δ (:mod:`rome_lib.deltas`), the key statistics
+    C and the context templates. Built by keyword only; each method sets its own defaults below.
 
-    layer: the MLP whose output projection is rewritten (l*).
-    v_*: the optimisation of v* (Adam on δ, ``v_num_grad_steps`` forward passes as the official loop,
-        which stops before stepping on the last one); weight decay ``v_weight_decay·‖δ‖/‖m‖²``;
-        ‖δ‖ clamped to ``clamp_norm_factor·‖m‖``, m the MLP output v* is built on (see ``update``); early stop when the *total* loss < ``early_stop_loss``
-        (as the official code; the total bounds the NLL, so the NLL is then < 0.05 too).
+    v_*: Adam on δ, ``v_num_grad_steps`` forward passes as the official loop (which stops before
+        stepping on the last one); weight decay ``v_weight_decay·‖δ‖/‖base‖²``; ‖δ‖ clamped to
+        ``clamp_norm_factor·‖base‖`` (base: the vector δ is added to); early stop when the *total*
+        loss < ``early_stop_loss`` (as the official code; the total bounds the NLL, so the NLL is
+        then < 0.05 too).
     kl_factor, kl_prompt: essence-drift term KL(P_edit ‖ P_orig) at the subject's last token of
         ``kl_prompt`` -- the edited distribution first, as the paper's eq. 4 and the official code.
     mom2_*: the key statistics C (see :mod:`rome_lib.covariance`); ``mom2_adjustment=False`` uses C = I.
         ``mom2_corpus`` None means the embedded model's own corpus for "toy" and an error otherwise.
     context_*: the prefixes sampled from the model: (generated tokens, how many) pairs, top-k, seed.
-        Official: ``context_template_length_params`` [[5, 10], [10, 10]] are ``generate_fast``'s
-        ``max_out_len``, which counts the ``<|endoftext|>`` it starts from: 4 and 9 generated tokens.
-    update: which key the rank-one update maps exactly to v* (see :mod:`rome_lib.rome`).
-        ``"official"`` (the default; the paper's released code): u = C⁻¹k̄ from the averaged key, but
-        Λ from the bare rewrite prompt's key k_bare, v* = m_bare + δ, and the weight decay and clamp
-        scaled by ‖m_bare‖, so Ŵ k_bare = v*. ``"consistent"`` (R-ROME, Gupta et al. 2024): k̄ in both
-        places, v* = m̄ + δ with m̄ = W k̄ + b, so Ŵ k̄ = v*.
     """
 
-    layer: int
     v_num_grad_steps: int = 20
     v_lr: float = 0.5
     v_weight_decay: float = 0.5
@@ -72,6 +65,26 @@ class ROMEHyperParams:
     context_lengths: tuple[tuple[int, int], ...] = ((4, 10), (9, 10))
     context_top_k: int = 5
     seed: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ROMEHyperParams(EditHyperParams):
+    """Everything ROME needs besides the model and the request (the shared fields:
+    :class:`EditHyperParams`).
+
+    layer: the MLP whose output projection is rewritten (l*).
+    clamp_norm_factor, v_weight_decay: scaled by ‖m‖, the MLP output v* is built on (see ``update``).
+    context_lengths: official ``context_template_length_params`` [[5, 10], [10, 10]] are
+        ``generate_fast``'s ``max_out_len``, which counts the ``<|endoftext|>`` it starts from: 4 and
+        9 generated tokens.
+    update: which key the rank-one update maps exactly to v* (see :mod:`rome_lib.rome`).
+        ``"official"`` (the default; the paper's released code): u = C⁻¹k̄ from the averaged key, but
+        Λ from the bare rewrite prompt's key k_bare, v* = m_bare + δ, and the weight decay and clamp
+        scaled by ‖m_bare‖, so Ŵ k_bare = v*. ``"consistent"`` (R-ROME, Gupta et al. 2024): k̄ in both
+        places, v* = m̄ + δ with m̄ = W k̄ + b, so Ŵ k̄ = v*.
+    """
+
+    layer: int
     update: str = "official"
 
     def __post_init__(self) -> None:
@@ -142,8 +155,8 @@ class FTHyperParams:
         return cls(layer=layer, lr=1e-2)
 
 
-@dataclass(frozen=True)
-class MEMITHyperParams:
+@dataclass(frozen=True, kw_only=True)
+class MEMITHyperParams(EditHyperParams):
     """MEMIT (Meng et al. 2023, "Mass-Editing Memory in a Transformer"; official ``hparams/MEMIT``).
 
     layers: the critical range whose MLP output projections are rewritten; the target hidden states
@@ -151,8 +164,8 @@ class MEMITHyperParams:
     mom2_update_weight: λ in ΔW = R Kᵀ (λ C + K Kᵀ)⁻¹, with C = E[k kᵀ] (per token, as ROME's C):
         λ C stands for the keys already stored, K Kᵀ for the new ones (official: 20,000 for GPT-2 XL,
         15,000 for GPT-J).
-    v_* / clamp_norm_factor / kl_* / early_stop_loss: the z optimisation, the same loss as ROME's v*
-        (:mod:`rome_lib.deltas`); the decay and the clamp are scaled by the residual stream's norm,
+    v_* / clamp_norm_factor / kl_* / early_stop_loss (:class:`EditHyperParams`): the z optimisation,
+        the same loss and loop as ROME's v* (:mod:`rome_lib.deltas`); the decay and the clamp are scaled by the residual stream's norm,
         hence the official clamp of 0.75 instead of ROME's 4.
     context_lengths: official MEMIT samples 5 prefixes of 10 tokens (plus the bare prompt); its keys
         average the bare prompt and the mean of the prefixed prompts with equal weight (official
@@ -162,19 +175,8 @@ class MEMITHyperParams:
 
     layers: tuple[int, ...]
     mom2_update_weight: float = 15_000.0
-    v_num_grad_steps: int = 20
-    v_lr: float = 0.5
-    v_weight_decay: float = 0.5
     clamp_norm_factor: float = 0.75
-    kl_factor: float = 0.0625
-    kl_prompt: str = "{} is a"
-    early_stop_loss: float = 0.05
-    mom2_adjustment: bool = True
-    mom2_corpus: str | None = None
-    mom2_n_samples: int | None = 100_000
     context_lengths: tuple[tuple[int, int], ...] = ((10, 5),)
-    context_top_k: int = 5
-    seed: int = 0
     batch_size: int = 64
 
     def __post_init__(self) -> None:
@@ -220,5 +222,5 @@ MEMIT_PRESETS: dict[str, MEMITHyperParams] = {
 }
 
 
-__all__ = ["UPDATES", "TOY_LAYER", "TOY_CLAMP", "SMOLLM2_LAYER", "ROMEHyperParams", "ROME_PRESETS", "FTHyperParams",
+__all__ = ["EditHyperParams", "UPDATES", "TOY_LAYER", "TOY_CLAMP", "SMOLLM2_LAYER", "ROMEHyperParams", "ROME_PRESETS", "FTHyperParams",
            "MEMITHyperParams", "MEMIT_PRESETS", "TOY_MEMIT_LAYERS", "TOY_MEMIT_LAMBDA"]

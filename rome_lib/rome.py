@@ -43,7 +43,7 @@ from typing import Sequence
 import torch
 
 from .covariance import layer_stats, sample_corpus
-from .deltas import DeltaProblem, kl_edit_orig
+from .deltas import DeltaProblem, kl_edit_orig, optimize_deltas
 from .edits import (  # noqa: F401  (re-exported: rome_lib.rome.Edit etc. keep working)
     Edit, EditOrderError, active_edits, normalize_request, target_ids, undo_all,
     warn_if_already_predicted,
@@ -241,7 +241,8 @@ def compute_v(mt: LoadedModel, request: dict, hparams: ROMEHyperParams,
     ``hparams.update`` "official": k = k_bare and m = m_bare, the bare prompt's key and MLP output;
     "consistent": k = k̄ and m = m̄ = W k̄ + b. Loss = :func:`v_loss` (mean template NLL +
     kl_factor · KL(P_edit ‖ P_orig)) + v_weight_decay · ‖δ‖ / ‖m‖²; after each Adam step ‖δ‖ is
-    clamped to clamp_norm_factor · ‖m‖. ``info`` holds k̄ ("k_mean", from which u = C⁻¹k̄ is built
+    clamped to clamp_norm_factor · ‖m‖ -- the loop of :func:`rome_lib.deltas.optimize_deltas` (MEMIT's
+    too) with a batch of one fact. ``info`` holds k̄ ("k_mean", from which u = C⁻¹k̄ is built
     in both forms), k_bare, the losses per step and the final probability of the target.
     """
     request = normalize_request(request)
@@ -252,28 +253,11 @@ def compute_v(mt: LoadedModel, request: dict, hparams: ROMEHyperParams,
     k_bare, m_bare = keys[-1], values[-1]
     k_star, m0 = (k_bare, m_bare) if hparams.update == "official" else (k_mean, m_mean)
 
-    problem = v_problem(mt, prompt, subject, tgt, templates, hparams.kl_prompt)
-    delta = torch.zeros_like(m0, requires_grad=True)
-    opt = torch.optim.Adam([delta], lr=hparams.v_lr)
-    max_norm = hparams.clamp_norm_factor * m0.norm()
-    history: list[dict] = []
-    with torch.enable_grad():
-        for step in range(hparams.v_num_grad_steps):
-            opt.zero_grad()
-            terms = v_loss(mt, problem, hparams.layer, delta, hparams.kl_factor)
-            decay = hparams.v_weight_decay * delta.norm() / m0.norm() ** 2
-            loss = terms.total + decay
-            history.append({"loss": loss.item(), "nll": terms.nll_each.mean().item(),
-                            "kl": hparams.kl_factor * terms.kl.item(), "decay": decay.item(),
-                            "p_target": torch.exp(-terms.nll_each).mean().item()})
-            if loss.item() < hparams.early_stop_loss or step == hparams.v_num_grad_steps - 1:
-                break
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                if delta.norm() > max_norm:
-                    delta.mul_(max_norm / delta.norm())
-    v_star = (m0 + delta).detach()
+    problem = delta_problem(mt, request, templates, hparams.kl_prompt)
+    deltas, (history,) = optimize_deltas(mt, [problem], mt.layout.mlp_out_at(hparams.layer), m0[None],
+                                         hparams)
+    delta = deltas[0]
+    v_star = m0 + delta
     return k_star, v_star, {"history": history, "delta_norm": delta.norm().item(),
                             "m0_norm": m0.norm().item(), "target_ids": tgt, "k_mean": k_mean,
                             "k_bare": k_bare, "update": hparams.update}
