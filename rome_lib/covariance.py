@@ -37,7 +37,7 @@ from tqdm import tqdm  # text bars: no widget output in committed notebooks
 
 from .errors import CorpusNotAvailableError
 from .estimate import cov_tokens, warn_if_long
-from .hooks import trace
+from .hooks import hook_modules
 from .data import WIKI_LEADS, DataNotAvailableError, load_wiki_leads
 from .models import LoadedModel, forward_with_cache
 from .paths import cache_root
@@ -262,8 +262,8 @@ def compute_mom2_layers(
         enc = tok(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
         enc = {k: v.to(mt.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
         below = [names[layer] for layer in layers[:-1]]
-        with trace(mt.model, below, retain_output=False, retain_input=True) as rec, \
-                trace(mt.model, top, retain_output=False, retain_input=True, stop=True) as last:
+        with hook_modules(mt.model, below, retain_output=False, retain_input=True) as rec, \
+                hook_modules(mt.model, top, retain_output=False, retain_input=True, stop=True) as last:
             mt.model(**enc, logits_to_keep=1)  # stops at the top key: later layers never run
         mask = enc["attention_mask"].bool()
         for layer in layers:

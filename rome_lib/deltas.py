@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .hooks import get_module, trace
+from .hooks import get_module, hook_modules
 from .hparams import EditHyperParams
 from .models import LoadedModel, forward_with_cache
 
@@ -218,7 +218,7 @@ def _optimize_chunk(mt: LoadedModel, problems: Sequence[DeltaProblem], module_na
         for step in range(hp.v_num_grad_steps):
             opt.zero_grad()
             blocks = _recorded(mt.model, below, recorded) if step == 0 else _replayed(mt.model, recorded)
-            with blocks, trace(mt.model, module_name, retain_output=False, edit_output=add_delta,
+            with blocks, hook_modules(mt.model, module_name, retain_output=False, edit_output=add_delta,
                                detach=False):
                 logits, _ = forward_with_cache(
                     mt.model, c.suffix, copy.deepcopy(cache) if cache is not None else None,

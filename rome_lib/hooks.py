@@ -1,9 +1,10 @@
 """Read and overwrite activations by module name, for the length of a ``with`` block.
 
 This plays the role of baukit's ``nethook.TraceDict`` in the official ROME code, built on plain
-PyTorch forward hooks. Every hook is removed when the block ends, also when it raises.
+PyTorch forward hooks. Every hook is removed when the block ends, also when it raises. (Named
+``hook_modules``, not ``trace``: :func:`rome_lib.tracing.trace` is causal tracing.)
 
-    with trace(model, ["transformer.h.3.mlp"], edit_output=double) as rec:
+    with hook_modules(model, ["transformer.h.3.mlp"], edit_output=double) as rec:
         model(**inputs)
     rec["transformer.h.3.mlp"].output      # the (edited) output, detached
 
@@ -27,7 +28,7 @@ EditFn = Callable[[torch.Tensor, str], torch.Tensor]
 
 
 class StopForward(Exception):
-    """Raised inside a hook to end the forward pass early; :func:`trace` swallows it."""
+    """Raised inside a hook to end the forward pass early; :func:`hook_modules` swallows it."""
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:
@@ -62,7 +63,7 @@ class Recorded:
 
 
 @contextlib.contextmanager
-def trace(
+def hook_modules(
     model: nn.Module,
     names: str | Sequence[str],
     *,

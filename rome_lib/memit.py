@@ -41,7 +41,7 @@ import torch
 from tqdm import tqdm
 
 from .deltas import optimize_deltas
-from .hooks import get_module, trace
+from .hooks import get_module, hook_modules
 from .hparams import MEMITHyperParams
 from .models import LoadedModel
 from .rome import (
@@ -114,8 +114,8 @@ def keys_and_states(mt: LoadedModel, requests: Sequence[dict], layer: int, z_lay
         ids, mask = padded(mt, [r[: last + 1] for r, last in part])
         look = torch.tensor([last for _, last in part], device=mt.device)
         index = torch.arange(len(part), device=mt.device)
-        with trace(mt.model, key_name, retain_input=True, retain_output=False) as k_rec:
-            with trace(mt.model, state_name, stop=True) as s_rec:
+        with hook_modules(mt.model, key_name, retain_input=True, retain_output=False) as k_rec:
+            with hook_modules(mt.model, state_name, stop=True) as s_rec:
                 mt.model(input_ids=ids, attention_mask=mask)
         keys.append(k_rec[key_name].input[index, look].float())
         states.append(s_rec[state_name].output[index, look].float())

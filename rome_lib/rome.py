@@ -48,7 +48,7 @@ from .edits import (  # noqa: F401  (re-exported: rome_lib.rome.Edit etc. keep w
     Edit, EditOrderError, active_edits, normalize_request, target_ids, undo_all,
     warn_if_already_predicted,
 )
-from .hooks import get_module, trace
+from .hooks import get_module, hook_modules
 from .hparams import ROMEHyperParams
 from .models import LoadedModel
 from .tokens import token_span
@@ -187,7 +187,7 @@ def v_loss(mt: LoadedModel, problem: VProblem, layer: int, delta: torch.Tensor,
     def add_delta(out, _name):
         return out + at.to(out.dtype) * delta.to(out.dtype)
 
-    with trace(mt.model, mt.layout.mlp_out_at(layer), retain_output=False, edit_output=add_delta,
+    with hook_modules(mt.model, mt.layout.mlp_out_at(layer), retain_output=False, edit_output=add_delta,
                detach=False):
         logits = mt.model(input_ids=problem.input_ids, attention_mask=problem.attention_mask).logits
     n = problem.target_pos.shape[0]
@@ -209,7 +209,7 @@ def keys_and_values(mt: LoadedModel, prompt: str, subject: str, layer: int,
     input_ids, mask = padded(mt, [ids for ids, _ in rows])
     lookup = torch.tensor([last for _, last in rows], device=mt.device)
     name = mt.layout.mlp_out_at(layer)
-    with trace(mt.model, name, retain_input=True) as rec:
+    with hook_modules(mt.model, name, retain_input=True) as rec:
         mt.model(input_ids=input_ids, attention_mask=mask, logits_to_keep=1)
     index = torch.arange(len(rows), device=mt.device)
     return rec[name].input[index, lookup].float(), rec[name].output[index, lookup].float()

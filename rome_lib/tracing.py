@@ -31,7 +31,7 @@ from torch import nn
 from transformers import DynamicCache
 from tqdm import tqdm  # text bars: no widget output in committed notebooks
 
-from .hooks import trace as hook_trace
+from .hooks import hook_modules
 from .models import LoadedModel, forward_with_cache
 
 KINDS = ("state", "mlp", "attn")
@@ -243,9 +243,9 @@ def _corrupted_run(mt: LoadedModel, setup: _Setup, sever_names: list[str]) -> _C
         return x
 
     blocks = [layout.layer(l) for l in range(layout.n_layer)]
-    with hook_trace(model, layout.embed, retain_output=False, edit_output=add_noise), \
-            hook_trace(model, blocks, retain_input=True, retain_output=False) as inputs, \
-            hook_trace(model, sever_names) as severed:
+    with hook_modules(model, layout.embed, retain_output=False, edit_output=add_noise), \
+            hook_modules(model, blocks, retain_input=True, retain_output=False) as inputs, \
+            hook_modules(model, sever_names) as severed:
         logits, cache = forward_with_cache(model, setup.ids.repeat(samples, 1), logits_to_keep=1)
     low = torch.softmax(logits[:, -1].float(), -1)[:, setup.answer_id].mean().item()
     return _CorruptedRun(low, cache, [inputs[n].input for n in blocks],
@@ -334,8 +334,8 @@ def _restoration_pass(mt, setup, corrupted, clean, cells, token, start, kind, wi
 
     names = sorted(set(index) | set(frozen))
     cache = _prefix_cache(model, corrupted, token, sample_of_row)
-    with hook_trace(model, layout.layer(start), retain_output=False, edit_input=inject), \
-            hook_trace(model, names, retain_output=False, edit_output=edit), \
+    with hook_modules(model, layout.layer(start), retain_output=False, edit_input=inject), \
+            hook_modules(model, names, retain_output=False, edit_output=edit), \
             _blocks_from(mt, start):
         logits, _ = forward_with_cache(model, setup.ids[:, token:].repeat(len(rows), 1), cache,
                                        logits_to_keep=1)
@@ -387,7 +387,7 @@ def trace(
     n_tokens = ids.shape[1]
 
     restore_names = [layout.module(kind, l) for l in range(n_layer)]
-    with hook_trace(model, restore_names) as rec:
+    with hook_modules(model, restore_names) as rec:
         model(ids, logits_to_keep=1)
     clean = {name: rec[name].output[0] for name in restore_names}  # each [T, d]
     sever_names = [layout.module(sever, l) for l in range(n_layer)] if sever else []
@@ -441,8 +441,8 @@ def _patched_probability(mt, setup: _Setup, restore: dict[str, list[int]],
         return x
 
     names = sorted(set(restore) | set(frozen) | set(watch))
-    with hook_trace(model, mt.layout.embed, retain_output=False, edit_output=add_noise), \
-            hook_trace(model, names, edit_output=edit) as rec:
+    with hook_modules(model, mt.layout.embed, retain_output=False, edit_output=add_noise), \
+            hook_modules(model, names, edit_output=edit) as rec:
         logits = model(batch, logits_to_keep=1).logits[:, -1].float()
     return torch.softmax(logits[1:], -1)[:, setup.answer_id].mean().item(), rec
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from rome_lib import checks
 from rome_lib.checks import editing as ce
 from rome_lib.evaluation import object_probs
-from rome_lib.hooks import trace
+from rome_lib.hooks import hook_modules
 from rome_lib.rome import fill, weight_as_out_in
 
 from .check_helpers import mt, verdict  # noqa: F401 - mt is a fixture
@@ -36,7 +36,7 @@ def compute_k(mt, prompt, subject, layer, templates, *, at="last", module="out",
         text, a, b = fill(template, prompt, subject)
         first, last = span(mt, text, a, b)
         ids = mt.tokenizer(text, return_tensors="pt")["input_ids"]
-        with torch.no_grad(), trace(mt.model, name, retain_input=True) as rec:
+        with torch.no_grad(), hook_modules(mt.model, name, retain_input=True) as rec:
             mt.model(ids)
         x = rec[name].input if module == "out" else rec[name].output
         keys.append(x[0, {"last": last, "first": first, "end": -1}[at]])
@@ -84,7 +84,7 @@ def v_loss(mt, prompt, subject, target, layer, delta, templates, kl_factor=0.062
         text, a, b = fill(template, prompt, subject)
         ids = mt.tokenizer(text)["input_ids"]
         _, last = span(mt, text, a, b)
-        with trace(mt.model, name, edit_output=add_at(last), detach=False):
+        with hook_modules(mt.model, name, edit_output=add_at(last), detach=False):
             logits = mt.model(torch.tensor([ids + tgt])).logits[0]
         logp = torch.log_softmax(logits[len(ids) - 1:len(ids) - 1 + len(tgt)], -1)
         picked = logp[torch.arange(len(tgt)), torch.tensor(tgt)]
@@ -94,7 +94,7 @@ def v_loss(mt, prompt, subject, target, layer, delta, templates, kl_factor=0.062
     ids = torch.tensor([mt.tokenizer(text)["input_ids"]])
     with torch.no_grad():
         orig = torch.log_softmax(mt.model(ids).logits[0, last], -1)
-    with trace(mt.model, name, edit_output=add_at(last), detach=False):
+    with hook_modules(mt.model, name, edit_output=add_at(last), detach=False):
         edit = torch.log_softmax(mt.model(ids).logits[0, last], -1)
     if kl == "paper":  # eq. 4: KL(P_edit ‖ P_orig); F.kl_div(input, target) is KL(target ‖ input)
         div = F.kl_div(orig, edit, log_target=True, reduction="sum")

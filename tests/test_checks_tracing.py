@@ -11,7 +11,7 @@ import torch
 
 from rome_lib import checks
 from rome_lib.checks import tracing as ct
-from rome_lib.hooks import trace as hook_trace
+from rome_lib.hooks import hook_modules
 from rome_lib.tracing import BUCKETS, make_noise
 
 from .check_helpers import mt, verdict  # noqa: F401 - mt is a fixture
@@ -55,11 +55,11 @@ def _noised_logits(mt, prompt, subject, *, noise, samples, seed, tokens="subject
         return x
 
     batch = ids.repeat(samples + (1 if clean_row else 0), 1)
-    with torch.no_grad(), hook_trace(mt.model, mt.layout.embed, edit_output=add_noise):
+    with torch.no_grad(), hook_modules(mt.model, mt.layout.embed, edit_output=add_noise):
         if patch is None:
             return mt.model(batch).logits[:, -1]
         name, edit = patch
-        with hook_trace(mt.model, name, edit_output=edit):
+        with hook_modules(mt.model, name, edit_output=edit):
             return mt.model(batch).logits[:, -1]
 
 
@@ -74,7 +74,7 @@ def restore(mt, prompt, subject, answer_id, token, layer, kind="state", *, noise
     layer = min(max(layer + layer_shift, 0), mt.n_layer - 1)
     token = token if token_instead is None else token_instead
     name = mt.layout.module(kind_instead or kind, layer)
-    with torch.no_grad(), hook_trace(mt.model, name) as rec:
+    with torch.no_grad(), hook_modules(mt.model, name) as rec:
         mt.model(ids)
     clean = rec[name].output[0, token]
 
@@ -258,7 +258,7 @@ def corrupted_one_row_per_pass(mt, prompt, subject, answer_id, *, noise, samples
             x[:, b:e] += draws[i]
             return x
 
-        with torch.no_grad(), hook_trace(mt.model, mt.layout.embed, edit_output=add):
+        with torch.no_grad(), hook_modules(mt.model, mt.layout.embed, edit_output=add):
             probs.append(torch.softmax(mt.model(ids).logits[0, -1].float(), -1)[answer_id])
     return torch.stack(probs).mean()  # a 0-d tensor is a fine "float"
 
@@ -280,8 +280,8 @@ def restore_clean_row_first(mt, prompt, subject, answer_id, token, layer, kind="
         x[1:, token] = x[0, token]
         return x
 
-    with torch.no_grad(), hook_trace(mt.model, mt.layout.embed, edit_output=add), \
-            hook_trace(mt.model, name, edit_output=put):
+    with torch.no_grad(), hook_modules(mt.model, mt.layout.embed, edit_output=add), \
+            hook_modules(mt.model, name, edit_output=put):
         probs = torch.softmax(mt.model(ids).logits[1:, -1].float(), -1)[:, answer_id]
     return probs.mean().item()
 
@@ -293,7 +293,7 @@ def trace_batched(mt, prompt, subject, answer_id, *, noise, samples=10, seed=1, 
     n_tokens, n_layer = ids.shape[1], mt.n_layer
     b, e, draws = _draws(mt, prompt, subject, noise, samples, seed)
     names = [mt.layout.layer(l) for l in range(n_layer)]
-    with torch.no_grad(), hook_trace(mt.model, names) as rec:
+    with torch.no_grad(), hook_modules(mt.model, names) as rec:
         mt.model(ids)
     clean = {n: rec[n].output[0] for n in names}
     cells = [(t, l) for t in range(n_tokens) for l in range(n_layer)]
@@ -314,8 +314,8 @@ def trace_batched(mt, prompt, subject, answer_id, *, noise, samples=10, seed=1, 
                     x[j * samples:(j + 1) * samples, t] = clean[name][t]
             return x
 
-        with torch.no_grad(), hook_trace(mt.model, mt.layout.embed, edit_output=add), \
-                hook_trace(mt.model, names, edit_output=put):
+        with torch.no_grad(), hook_modules(mt.model, mt.layout.embed, edit_output=add), \
+                hook_modules(mt.model, names, edit_output=put):
             probs = torch.softmax(mt.model(batch).logits[:, -1].float(), -1)[:, answer_id]
         for j, (t, l) in enumerate(cells_):
             scores[t, l] = probs[j * samples:(j + 1) * samples].mean()

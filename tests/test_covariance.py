@@ -13,7 +13,7 @@ from rome_lib import covariance
 from rome_lib.covariance import (
     CorpusNotAvailableError, cache_key, cache_path, compute_mom2, layer_stats, load_corpus,
 )
-from rome_lib.hooks import trace
+from rome_lib.hooks import hook_modules
 from tests.conftest import SENTENCES
 
 torch.set_num_threads(1)
@@ -32,7 +32,7 @@ def direct_mom2(mt, layer, texts):
     keys = []
     for text in texts:
         ids = mt.tokenizer(text, return_tensors="pt")["input_ids"]
-        with trace(mt.model, name, retain_input=True) as rec:
+        with hook_modules(mt.model, name, retain_input=True) as rec:
             mt.model(ids)
         keys.append(rec[name].input[0].double())
     k = torch.cat(keys)

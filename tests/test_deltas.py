@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from rome_lib.deltas import DeltaProblem, optimize_deltas
-from rome_lib.hooks import trace
+from rome_lib.hooks import hook_modules
 from rome_lib.hparams import ROMEHyperParams
 from rome_lib.rome import delta_problem, padded
 from tests.test_llama import bos_tokenizer, llama
@@ -42,7 +42,7 @@ def plain_loss(mt, problem: DeltaProblem, module: str, base: torch.Tensor, delta
 
     with torch.no_grad():
         clean = mt.model(input_ids=ids, attention_mask=mask).logits
-        with trace(mt.model, module, retain_output=False, edit_output=add):
+        with hook_modules(mt.model, module, retain_output=False, edit_output=add):
             logits = mt.model(input_ids=ids, attention_mask=mask).logits
     nlls = []
     for r, row in enumerate(problem.rows[:-1]):
@@ -60,7 +60,7 @@ def site_and_bases(mt, problems, site):
     name = mt.layout.mlp_out_at(1) if site == "mlp" else mt.layout.layer(1)
     bases = []
     for p in problems:
-        with trace(mt.model, name) as rec:
+        with hook_modules(mt.model, name) as rec:
             mt.model(torch.tensor([p.rows[0]]))
         bases.append(rec[name].output[0, p.lookup[0]].float())
     return name, torch.stack(bases)

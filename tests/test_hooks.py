@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rome_lib.hooks import get_module, trace
+from rome_lib.hooks import get_module, hook_modules
 
 
 def _ids(mt, text="The Space Needle is located in the city of"):
@@ -10,7 +10,7 @@ def _ids(mt, text="The Space Needle is located in the city of"):
 
 def test_reads_input_and_output(tiny_gpt2):
     mt, name = tiny_gpt2, tiny_gpt2.layout.mlp_out_at(1)
-    with trace(mt.model, name, retain_input=True) as rec:
+    with hook_modules(mt.model, name, retain_input=True) as rec:
         mt.model(_ids(mt))
     module = get_module(mt.model, name)
     # Conv1D computes x @ W + b: the recorded input must reproduce the recorded output.
@@ -22,7 +22,7 @@ def test_edit_output_changes_the_result_and_tuple_outputs_pass_through(tiny_gpt2
     mt = tiny_gpt2
     attn = mt.layout.attn_at(0)  # GPT-2 attention returns a tuple
     clean = mt.model(_ids(mt)).logits
-    with trace(mt.model, attn, edit_output=lambda x, _: torch.zeros_like(x)) as rec:
+    with hook_modules(mt.model, attn, edit_output=lambda x, _: torch.zeros_like(x)) as rec:
         edited = mt.model(_ids(mt)).logits
     assert torch.count_nonzero(rec[attn].output) == 0
     assert not torch.allclose(clean, edited)
@@ -33,7 +33,7 @@ def test_hooks_removed_after_an_exception(tiny_gpt2):
     mt = tiny_gpt2
     names = [mt.layout.layer(l) for l in range(mt.n_layer)]
     with pytest.raises(RuntimeError, match="boom"):
-        with trace(mt.model, names, edit_output=lambda x, _: x * 0):
+        with hook_modules(mt.model, names, edit_output=lambda x, _: x * 0):
             raise RuntimeError("boom")
     for name in names:
         module = get_module(mt.model, name)
@@ -48,13 +48,13 @@ def test_unknown_module_name_suggests_close_names(tiny_gpt2):
 @pytest.mark.parametrize("retain", ["input", "output"])
 def test_stop_records_the_same_and_runs_nothing_after_the_module(tiny_gpt2, retain):
     mt, name = tiny_gpt2, tiny_gpt2.layout.mlp_out_at(1)
-    with trace(mt.model, name, retain_input=True) as full:
+    with hook_modules(mt.model, name, retain_input=True) as full:
         mt.model(_ids(mt))
     later = []
     handle = get_module(mt.model, mt.layout.layer(2)).register_forward_pre_hook(
         lambda *_: later.append(1))
     try:
-        with trace(mt.model, name, retain_input=retain == "input",
+        with hook_modules(mt.model, name, retain_input=retain == "input",
                    retain_output=retain == "output", stop=True) as rec:
             mt.model(_ids(mt))
             later.append("the block went on")  # skipped: the stop ends the block
@@ -68,5 +68,5 @@ def test_stop_records_the_same_and_runs_nothing_after_the_module(tiny_gpt2, reta
 
 def test_stop_traces_one_module_only(tiny_gpt2):
     with pytest.raises(ValueError, match="exactly one"):
-        with trace(tiny_gpt2.model, [tiny_gpt2.layout.layer(0), tiny_gpt2.layout.layer(1)], stop=True):
+        with hook_modules(tiny_gpt2.model, [tiny_gpt2.layout.layer(0), tiny_gpt2.layout.layer(1)], stop=True):
             pass

@@ -11,7 +11,7 @@ from tokenizers import processors
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from rome_lib.hooks import get_module, trace as hook_trace
+from rome_lib.hooks import get_module, hook_modules
 from rome_lib.tracing import find_subject_range, restored_probability, trace, trace_reference
 
 from .conftest import save_and_load, tiny_tokenizer
@@ -82,7 +82,7 @@ def test_the_key_is_the_input_of_down_proj(llama_untied):
     mt, layer = llama_untied, 1
     ids = mt.tokenizer(PROMPT, return_tensors="pt")["input_ids"]
     mlp = get_module(mt.model, mt.layout.mlp_at(layer))
-    with hook_trace(mt.model, [mt.layout.mlp_out_at(layer), mt.layout.mlp_at(layer)],
+    with hook_modules(mt.model, [mt.layout.mlp_out_at(layer), mt.layout.mlp_at(layer)],
                     retain_input=True) as rec:
         mt.model(ids)
     key = rec[mt.layout.mlp_out_at(layer)].input

@@ -310,14 +310,14 @@ def test_keys_at_last_subject_token(tiny_gpt2):
     mt = tiny_gpt2
     templates = ["{}", "Seattle music. {}"]
     keys, _ = keys_and_values(mt, "{} plays the sport of", "Michael Jordan", 2, templates)
-    from rome_lib.hooks import trace
+    from rome_lib.hooks import hook_modules
     from rome_lib.tracing import find_subject_range
 
     for row, template in enumerate(templates):
         text = template.format("Michael Jordan plays the sport of")
         _, end = find_subject_range(mt.tokenizer, text, "Michael Jordan")
         name = mt.layout.mlp_out_at(2)
-        with trace(mt.model, name, retain_input=True) as rec:
+        with hook_modules(mt.model, name, retain_input=True) as rec:
             mt.model(mt.tokenizer(text, return_tensors="pt")["input_ids"])
         torch.testing.assert_close(keys[row], rec[name].input[0, end - 1])
 

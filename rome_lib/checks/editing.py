@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..evaluation import object_probs, record_metrics, score_record
-from ..hooks import trace
+from ..hooks import hook_modules
 from ..hparams import ROMEHyperParams
 from ..models import LoadedModel
 from ..rome import (
@@ -147,7 +147,7 @@ def _keys_at(mt: LoadedModel, prompt: str, subject: str, layer: int, templates: 
         ids = mt.tokenizer(text, return_tensors="pt")["input_ids"].to(mt.device)
         _, first, last = token_span(mt.tokenizer, text, a, b)
         pos = {"first": first, "last": last, "end": ids.shape[1] - 1}[where]
-        with trace(mt.model, name, retain_input=(module == "out")) as rec:
+        with hook_modules(mt.model, name, retain_input=(module == "out")) as rec:
             mt.model(ids)
         x = rec[name].input if module == "out" else rec[name].output
         rows.append(x[0, pos].float())
@@ -177,8 +177,8 @@ def check_compute_k(fn: Callable, mt: LoadedModel | None = None) -> bool:
             if got.dim() == 1 and got.shape[0] == mt.model.config.n_embd != want.shape[0]:
                 return _failed(f"Shape {tuple(got.shape)} is the model width: you read the MLP's "
                                f"*output* (the value). The key is the *input* of "
-                               f"{mt.layout.mlp_out_at(layer)!r}: trace it with retain_input=True and "
-                               "read rec[name].input.")
+                               f"{mt.layout.mlp_out_at(layer)!r}: hook it with hook_modules(..., "
+                               "retain_input=True) and read rec[name].input.")
             return _failed(f"Shape {tuple(got.shape)}, expected {tuple(want.shape)} (the key width, "
                            f"the input of {mt.layout.mlp_out_at(layer)!r}).")
         tol = 1e-4 * (1 + want.abs().max().item())
@@ -195,7 +195,7 @@ def check_compute_k(fn: Callable, mt: LoadedModel | None = None) -> bool:
             (_keys_at(mt, prompt, subject, layer, TEMPLATES, "last", "in").mean(0),
              f"You read the output of {mt.layout.mlp_in_at(layer)!r}, *before* the nonlinearity. The "
              f"key is the input of the output projection {mt.layout.mlp_out_at(layer)!r} (after "
-             "GELU): trace that module with retain_input=True."),
+             "GELU): hook that module with hook_modules(..., retain_input=True)."),
             (_keys_at(mt, prompt, subject, layer, TEMPLATES[:1], "last").mean(0),
              f"You used only the bare prompt {where}. Average the key over *all* the templates "
              "(each fill(template, prompt, subject)): k* is a mean over contexts."),
