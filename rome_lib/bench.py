@@ -7,7 +7,9 @@ from typing import Sequence
 
 import torch
 
+from .hparams import ROMEHyperParams
 from .models import LoadedModel
+from .rome import apply_rome, context_templates, get_cov
 from .tracing import KINDS, default_noise, default_window, trace, trace_reference, window_layers
 
 
@@ -86,9 +88,6 @@ def bench_trace(mt: LoadedModel, prompt: str, subject: str, *, samples: int = 10
 
 def bench_edit(mt: LoadedModel, request: dict) -> dict:
     """Seconds for one ROME edit with the key statistics C already computed (cached), then undone."""
-    from .hparams import ROMEHyperParams
-    from .rome import apply_rome, context_templates, get_cov
-
     hparams = ROMEHyperParams.for_model(mt.name, mt.n_layer)
     get_cov(mt, hparams, progress=False)  # computed once, cached on disk: not part of the edit
     context_templates(mt, hparams.context_lengths, hparams.context_top_k, hparams.seed)  # cached

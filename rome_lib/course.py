@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 
 from .data import DataNotAvailableError, load_counterfact, load_known_1000, load_known_facts
 from .models import LoadedModel, load_model
-from .real_models import cache_root, select_known
+from .paths import cache_root
+from .real_models import select_known
 from .tracing import default_noise, known_facts
 
 

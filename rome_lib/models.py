@@ -41,9 +41,9 @@ from transformers import (
 
 from .errors import InsufficientMemoryError, ModelNotAvailableError
 from .paths import TOY_DIR
+from .real_models import REAL_MODELS, resolve  # real pretrained models from PyPI wheels
 
 HUB_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "EleutherAI/gpt-j-6B")
-REAL_MODELS = ("smollm2",)  # real pretrained models from PyPI wheels: see real_models.py
 OFFLINE_HINT = (
     "The embedded model needs no download and runs on a CPU: load_model('toy') "
     "(or MODEL = 'toy' / ROME_MODEL=toy in the lessons, --model toy on the command line)."
@@ -92,30 +92,16 @@ def preset_config(name: str, **overrides) -> PretrainedConfig:
     return AutoConfig.for_model(fields.pop("model_type"), **fields)
 
 
-def tracing_defaults(name: str) -> dict:
-    """Causal-tracing settings for a preset (or any model with a config): ``window`` (layers restored
-    for MLP/attention, 10 of GPT-2 XL's 48 scaled to depth by ``tracing.default_window``),
-    ``samples`` (noise draws, 10 as the paper) and ``noise``.
-
-    ``noise`` is None for every preset: the official code's ν = 3 × std of the subject-token
-    embeddings of its known facts (the paper's App. B.1: 3σ of token embeddings over text), which
-    depends on the real weights (not available here, and the official code does not record the
-    value). Compute it on the loaded model with ``rome_lib.course.setup(name).noise`` (known_1000
-    subjects), or let tracing fall back to its own default.
-    """
-    from .tracing import default_window  # tracing imports this module
-
-    from .real_models import REAL_MODELS
-
+def n_layer_of(name: str) -> int:
+    """How many layers ``name`` has, without loading its weights: a hub preset's or a real model's
+    known depth, else the config of the toy model or of a folder / cached hub id."""
     key = preset_name(name)
     if key is not None:
-        n_layer = PRESET_CONFIGS[key]["n_layer"]
-    elif name in REAL_MODELS:
-        n_layer = REAL_MODELS[name].n_layer
-    else:
-        config = AutoConfig.from_pretrained(TOY_DIR if name == "toy" else name)
-        n_layer = getattr(config, "n_layer", None) or config.num_hidden_layers
-    return {"window": default_window(n_layer), "samples": 10, "noise": None, "n_layer": n_layer}
+        return PRESET_CONFIGS[key]["n_layer"]
+    if name in REAL_MODELS:
+        return REAL_MODELS[name].n_layer
+    config = AutoConfig.from_pretrained(TOY_DIR if name == "toy" else name)
+    return getattr(config, "n_layer", None) or config.num_hidden_layers
 
 
 # ----------------------------------------------------------------------------------------------
@@ -432,8 +418,6 @@ def _resolve(name: str) -> tuple[str, dict]:
     if name == "toy":
         return str(TOY_DIR), {}
     if name in REAL_MODELS:  # converted once into the cache by `python -m rome_lib models fetch`
-        from .real_models import resolve
-
         return resolve(name), {}
     if os.path.isdir(name):
         return name, {}

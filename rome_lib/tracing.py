@@ -32,7 +32,7 @@ from transformers import DynamicCache
 from tqdm import tqdm  # text bars: no widget output in committed notebooks
 
 from .hooks import hook_modules
-from .models import LoadedModel, forward_with_cache
+from .models import LoadedModel, forward_with_cache, n_layer_of
 
 KINDS = ("state", "mlp", "attn")
 BUCKETS = ("first_subject", "middle_subject", "last_subject", "first_subsequent", "further", "last")
@@ -114,6 +114,21 @@ def default_window(n_layer: int) -> int:
     ``max(2, round(10 · n_layer / 48))``: 48 → 10 (the paper), 12 → 2, 28 → 6, 8 → 2.
     """
     return max(2, round(10 * n_layer / 48))
+
+
+def tracing_defaults(name: str) -> dict:
+    """Causal-tracing settings for a model by name, known without its weights: ``window`` (layers
+    restored for MLP/attention, :func:`default_window` of its depth), ``samples`` (noise draws, 10
+    as the paper), ``noise`` and ``n_layer``.
+
+    ``noise`` is None for every model: the official code's ν = 3 × std of the subject-token
+    embeddings of its known facts (the paper's App. B.1: 3σ of token embeddings over text), which
+    depends on the real weights (the official code does not record the value). Compute it on the
+    loaded model with ``rome_lib.course.setup(name).noise`` (known_1000 subjects), or let tracing
+    fall back to its own default.
+    """
+    n_layer = n_layer_of(name)
+    return {"window": default_window(n_layer), "samples": 10, "noise": None, "n_layer": n_layer}
 
 
 def window_layers(layer: int, window: int, n_layer: int) -> range:
@@ -667,7 +682,7 @@ def trace_json(results: dict[str, TraceResult]) -> dict:
 
 
 __all__ = [
-    "KINDS", "BUCKETS", "find_subject_range", "embedding_std", "default_noise", "default_window",
+    "KINDS", "BUCKETS", "find_subject_range", "embedding_std", "default_noise", "default_window", "tracing_defaults",
     "window_layers", "trace", "trace_reference", "restored_probability", "trace_all", "trace_json", "TraceResult",
     "bucket_scores", "POOLINGS", "pool_aie", "average_indirect_effects", "AIEResult", "severed_effects",
     "known_facts",

