@@ -7,7 +7,9 @@ path. Names accepted by :func:`load_model`:
 * ``"toy"`` -- the embedded fact-world model shipped in this repository (offline, CPU, instant);
 * hub ids ``gpt2``, ``gpt2-medium``, ``gpt2-large``, ``gpt2-xl``, ``EleutherAI/gpt-j-6B`` (downloaded
   by transformers when the network allows, else taken from its cache);
-* a local folder written by ``save_pretrained``.
+* a local folder written by ``save_pretrained``;
+* ``smollm2`` -- a real pretrained model, once ``python -m rome_lib models fetch smollm2`` has
+  converted it into the cache (:mod:`rome_lib.real_models` knows where).
 
 Before loading a hub preset or a folder, :func:`load_model` compares :func:`estimate_memory` (from
 the config alone: parameters × bytes per parameter + a working margin) with the free memory of the

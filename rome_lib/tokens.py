@@ -1,11 +1,12 @@
 """Small token-level helpers shared by editing, evaluation and the checks, written once.
 
 - :func:`token_span`: which tokens of a text cover a character span (the subject's tokens).
-- :func:`top_next_token`: the model's most likely next token after a prompt.
+- :func:`next_token_probs` / :func:`top_next_token`: the model's next-token distribution after a
+  prompt, and its most likely token.
 - :func:`sample_top_k`: one top-k sampling step (the official ``generate_fast``'s rule).
 
-(:func:`rome_lib.tracing.find_subject_range` finds the subject by its string and returns the same
-tokens as :func:`token_span` for that occurrence.)
+(:func:`rome_lib.tracing.find_subject_range` finds the subject by its string, then asks
+:func:`token_span`.)
 """
 
 from __future__ import annotations
@@ -27,10 +28,15 @@ def token_span(tokenizer, text: str, start: int, end: int) -> tuple[list[int], i
 
 
 @torch.no_grad()
+def next_token_probs(mt: LoadedModel, prompt: str) -> torch.Tensor:
+    """P(next token | ``prompt``) [V], float32 (one forward pass, logits of the last token only)."""
+    ids = mt.tokenizer(prompt, return_tensors="pt")["input_ids"].to(mt.device)
+    return torch.softmax(mt.model(ids, logits_to_keep=1).logits[0, -1].float(), -1)
+
+
 def top_next_token(mt: LoadedModel, prompt: str) -> int:
     """The id of the model's most likely next token after ``prompt`` (greedy, one forward pass)."""
-    ids = mt.tokenizer(prompt, return_tensors="pt")["input_ids"].to(mt.device)
-    return int(mt.model(ids, logits_to_keep=1).logits[0, -1].argmax())
+    return int(next_token_probs(mt, prompt).argmax())
 
 
 def sample_top_k(logits: torch.Tensor, top_k: int, generator: torch.Generator) -> torch.Tensor:
@@ -41,4 +47,4 @@ def sample_top_k(logits: torch.Tensor, top_k: int, generator: torch.Generator) -
     return idx.gather(-1, choice)
 
 
-__all__ = ["token_span", "top_next_token", "sample_top_k"]
+__all__ = ["token_span", "next_token_probs", "top_next_token", "sample_top_k"]

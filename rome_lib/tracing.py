@@ -33,6 +33,7 @@ from tqdm import tqdm  # text bars: no widget output in committed notebooks
 
 from .hooks import hook_modules
 from .models import LoadedModel, forward_with_cache, n_layer_of
+from .tokens import next_token_probs, token_span
 
 KINDS = ("state", "mlp", "attn")
 BUCKETS = ("first_subject", "middle_subject", "last_subject", "first_subsequent", "further", "last")
@@ -47,9 +48,9 @@ NOISE_MULTIPLIER = 3.0
 def find_subject_range(tokenizer, prompt: str, subject: str, occurrence: int = 0) -> tuple[int, int]:
     """Token range [b, e) that covers ``subject`` in ``prompt`` (its ``occurrence``-th appearance).
 
-    Uses the tokenizer's character offsets, so leading spaces, a subject at the very start and
-    tokens that straddle the subject's edge are all handled; a token that only partly overlaps the
-    subject counts as a subject token.
+    The tokens are :func:`rome_lib.tokens.token_span`'s (by the tokenizer's character offsets, so
+    leading spaces, a subject at the very start and tokens that straddle the subject's edge are all
+    handled; a token that only partly overlaps the subject counts as a subject token).
     """
     if not subject or not subject.strip():
         raise ValueError("The subject is empty.")
@@ -66,12 +67,8 @@ def find_subject_range(tokenizer, prompt: str, subject: str, occurrence: int = 0
             f"The subject {subject!r} occurs {len(starts)} time(s) in {prompt!r}; "
             f"occurrence {occurrence} does not exist."
         ) from None
-    end = start + len(subject)
-    encoding = tokenizer(prompt, return_offsets_mapping=True)
-    tokens = [
-        i for i, (a, b) in enumerate(encoding["offset_mapping"]) if b > a and a < end and b > start
-    ]
-    return tokens[0], tokens[-1] + 1
+    _, first, last = token_span(tokenizer, prompt, start, start + len(subject))
+    return first, last + 1
 
 
 def encode(mt: LoadedModel, prompt: str) -> torch.Tensor:
@@ -183,10 +180,9 @@ class _Setup:
 def _prepare(mt, prompt, subject, samples, noise, seed, answer_id=None) -> _Setup:
     ids = encode(mt, prompt)
     b, e = find_subject_range(mt.tokenizer, prompt, subject)
-    with torch.no_grad():
-        probs = torch.softmax(mt.model(ids, logits_to_keep=1).logits[0, -1].float(), -1)
+    probs = next_token_probs(mt, prompt)
     if answer_id is None:
-        answer_id = int(probs.argmax())
+        answer_id = int(probs.argmax())  # the top next token, without a second forward pass
     width = mt.model.get_input_embeddings().weight.shape[1]
     if noise is None:
         noise = default_noise(mt)

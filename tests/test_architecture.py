@@ -97,3 +97,13 @@ def test_every_module_is_listed_in_the_readme_and_the_package_docstring():
         row = next(line for line in readme.splitlines() if line.startswith(f"| {floor}, "))
         listed = [cell.strip("`/ ") for cell in row.split("|")[2].split(",")]
         assert [n.split(" ")[0].strip("`/") for n in listed] == names, f"README floor {floor}: {listed}"
+
+
+def test_no_module_imports_a_private_name():
+    private = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+                private += [f"{path.relative_to(PACKAGE)} imports {a.name}" for a in node.names
+                            if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not private, "; ".join(private)

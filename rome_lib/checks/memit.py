@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from ..memit import least_squares_update
-from .tracing import _failed, _passed
+from .verdict import failed as _failed, passed as _passed
 
 
 def _spd(d: int, g: torch.Generator) -> torch.Tensor:

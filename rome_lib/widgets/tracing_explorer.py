@@ -16,21 +16,17 @@ from __future__ import annotations
 
 import io
 
-import torch
-
 from ..models import LoadedModel
 from ..plotting import plot_trace
-from ..tracing import KINDS, default_noise, default_window, encode, known_facts, trace
+from ..tokens import next_token_probs
+from ..tracing import KINDS, default_noise, default_window, known_facts, trace
 
 TOP_K = 5
 
 
-@torch.no_grad()
 def top_predictions(mt: LoadedModel, prompt: str, k: int = TOP_K) -> list[tuple[str, float]]:
     """The ``k`` most likely next tokens after ``prompt`` with their probabilities."""
-    logits = mt.model(encode(mt, prompt), logits_to_keep=1).logits[0, -1].float()
-    probs = torch.softmax(logits, -1)
-    values, ids = probs.topk(k)
+    values, ids = next_token_probs(mt, prompt).topk(k)
     return [(mt.tokenizer.decode([i]), p) for i, p in zip(ids.tolist(), values.tolist())]
 
 
