@@ -86,7 +86,8 @@ def _jupyterlab(folder: Path):
                 break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("JupyterLab did not start: " + (folder / "jupyterlab.log").read_text()[-2000:])
+                    tail = (folder / "jupyterlab.log").read_text()[-2000:]
+                    raise RuntimeError(f"JupyterLab did not start: {tail}")
                 time.sleep(0.5)
         yield url, token
     finally:
@@ -152,7 +153,8 @@ def test_widgets_render_and_react_in_jupyterlab(tmp_path):
                 image = explorer.locator(".widget-image").first
                 image.wait_for()
                 text = explorer.locator("textarea").last
-                first_png = _changed(lambda: _png_digest(image) if image.get_attribute("src") else "", "", "the heatmap")
+                first_png = _changed(lambda: _png_digest(image) if image.get_attribute("src") else "", "",
+                                     "the heatmap")
                 first_text = _changed(text.input_value, "", "the explorer's text")
                 page.screenshot(path=str(shots / "1-explorer-state.png"), full_page=True)
 

@@ -241,7 +241,8 @@ def check_capstone(fn: Callable, mt: LoadedModel | None = None) -> bool:
     form = None
     for record in capstone_records(mt):
         request = record["requested_rewrite"]
-        where = f"(record {request['prompt'].format(request['subject'])!r} → {request['target_new']['str']!r})"
+        prompt, target = request["prompt"].format(request["subject"]), request["target_new"]["str"]
+        where = f"(record {prompt!r} → {target!r})"
         guard = _Guard(mt)
         with guard:
             raw = fn(mt, copy.deepcopy(request), hp, list(templates),
