@@ -42,7 +42,7 @@ test: install
 	  tests lessons solutions --nbval-lax --nbval-current-env
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow" -q -p no:cacheprovider -n auto --dist loadfile tests
+	$(BIN)/python -m pytest -m "not slow and not browser" -q -p no:cacheprovider -n auto --dist loadfile tests
 
 # reveal.js slides from the lessons, one deck per lesson in slides/ (headings start slides)
 slides: install

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import nbformat
 
-REPOSITORY = "https://github.com/rome-course/rome-course.git"  # where Colab clones the course from
+# Where Colab clones the course from. A placeholder: whoever publishes the course sets the public
+# clone URL here and re-runs this script on lessons/ and solutions/, then scripts/make_exercises.py.
+REPOSITORY = "https://github.com/rome-course/rome-course.git"
 MARKER = "# Colab only: install the course"
 SOURCE = f'''{MARKER} and turn on Colab's widget manager. Elsewhere this cell does nothing.
 import sys

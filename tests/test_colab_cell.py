@@ -8,17 +8,30 @@ import types
 from pathlib import Path
 
 import nbformat
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import colab_cell  # noqa: E402
 
 
-def test_does_nothing_outside_colab(monkeypatch):
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted(ROOT.glob("lessons/*.ipynb")) + sorted(ROOT.glob("solutions/*.ipynb")) + \
+    sorted(ROOT.glob("exercises/*.ipynb"))
+
+
+def test_does_nothing_outside_colab(monkeypatch, capsys):
     calls = []
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: calls.append(a))
     monkeypatch.delitem(sys.modules, "google.colab", raising=False)
     exec(colab_cell.SOURCE, {})
-    assert calls == []
+    assert calls == [] and capsys.readouterr() == ("", "")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_notebook_starts_with_the_current_colab_cell(path):
+    code = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    assert code and code[0].source == colab_cell.SOURCE, "run: python scripts/colab_cell.py " + str(path)
+    assert sum(c.source.startswith(colab_cell.MARKER) for c in code) == 1
 
 
 def test_in_colab_it_clones_installs_and_enables_widgets(monkeypatch, tmp_path):

@@ -23,5 +23,6 @@ from .analysis import check_choose_layers  # noqa: F401
 from .analysis import check_ps_ns  # noqa: F401
 from .analysis import check_severed_share  # noqa: F401
 from .analysis import check_subject_lengths  # noqa: F401
+from .capstone import check_capstone  # noqa: F401
 from .memit import check_batched_update  # noqa: F401
 from .memit import check_spread  # noqa: F401

@@ -9,6 +9,7 @@ The verdicts themselves (``passed``, ``failed``, ``verdict``, ``PASSED``) live i
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 
@@ -26,6 +27,13 @@ def check_model(mt: LoadedModel | None) -> LoadedModel:
     """``mt``, else the model the checks use by default: ``$ROME_CHECK_MODEL`` (the toy), on the CPU,
     loaded once."""
     return mt if mt is not None else _load(os.environ.get("ROME_CHECK_MODEL", "toy"))
+
+
+def counterfact_records(mt: LoadedModel) -> list[dict]:
+    """The model's own CounterFact records that have neighbourhood prompts ([] if it has no set)."""
+    path = mt.data_file("counterfact.json")
+    records = json.loads(path.read_text()) if path else []
+    return [r for r in records if r.get("neighborhood_prompts")]
 
 
 def n_tokens(mt: LoadedModel, text: str) -> int:

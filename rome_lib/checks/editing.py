@@ -33,7 +33,7 @@ from ..rome import (
 )
 from ..tokens import token_span, top_next_token
 from ..tracing import encode, find_subject_range, known_facts
-from .common import as_float as _as_float, check_model as _model, n_tokens as _n_tokens, show as _show
+from .common import as_float as _as_float, counterfact_records, check_model as _model, n_tokens as _n_tokens, show as _show
 from .verdict import PASSED, failed as _failed, passed as _passed, verdict as _verdict
 
 # Few, short context templates keep the checks fast; the bare prompt comes first, as in ROME.
@@ -84,17 +84,10 @@ def _key_cases(mt: LoadedModel) -> list[tuple[str, str]]:
     return out
 
 
-def _counterfact(mt: LoadedModel) -> list[dict]:
-    """The model's own CounterFact records that have neighbourhood prompts ([] if it has no set)."""
-    path = mt.data_file("counterfact.json")
-    records = json.loads(path.read_text()) if path else []
-    return [r for r in records if r.get("neighborhood_prompts")]
-
-
 def _objects(mt: LoadedModel, record: dict) -> list[str]:
     """Every object of ``record``'s relation in the model's set, in a fixed order."""
     relation = record["requested_rewrite"].get("relation_id")
-    found = {r["requested_rewrite"][k]["str"] for r in _counterfact(mt) for k in ("target_new", "target_true")
+    found = {r["requested_rewrite"][k]["str"] for r in counterfact_records(mt) for k in ("target_new", "target_true")
              if r["requested_rewrite"].get("relation_id") == relation}
     return sorted(found)
 
@@ -104,7 +97,7 @@ def case_records(mt: LoadedModel) -> list[dict]:
     multi-token new object: one of the set's where it has them, else (the toy's objects are all one
     token) the first record's new object joined with another object of its relation by " and ", so
     that scoring only the first token, or summing token log-probs, changes the answers."""
-    records = _counterfact(mt)
+    records = counterfact_records(mt)
     if not records:
         return [GENERIC_RECORD]
     multi = [r for r in records if len(target_ids(mt, " " + _target(r))) > 1]
@@ -659,7 +652,7 @@ def _score_cases(mt: LoadedModel, group: str) -> list[_ScoreCase]:
         records = case_records(mt)
         pool = [(records[0], False), (_swapped(records[0]), False), (records[0], True)]
         pool += [(r, False) for r in _designed_records(mt, records[0])]
-        pool += [(r, False) for r in records[1:] + _counterfact(mt)[3:20]]
+        pool += [(r, False) for r in records[1:] + counterfact_records(mt)[3:20]]
         answers = [None, *(m for m in _MISTAKES if m != f"on {group}")]
         chosen, missing = [], set(itertools.combinations(answers, 2))
         for record, edited in pool:
