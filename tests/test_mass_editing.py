@@ -59,9 +59,11 @@ def test_sequential_keeps_edits_until_the_end_then_restores(tiny_gpt2):
     mt = tiny_gpt2
     saved = params_copy(mt)
     hp = FTHyperParams(layer=1, num_steps=3, lr=1e-3, norm_constraint=1e-3)
+    seen = []
     out = evaluate_sequential(mt, records(4), "ft-l", checkpoints=[1, 3, 4], hparams=hp,
-                              generation=False, progress=False)
-    assert [s["edits"] for s in out["steps"]] == [1, 3, 4]
+                              generation=False, progress=False,
+                              on_step=lambda step, breaking: seen.append(step["edits"]))
+    assert [s["edits"] for s in out["steps"]] == [1, 3, 4] == seen  # on_step after each checkpoint
     assert [s["n"] for s in out["steps"]] == [1, 3, 4]  # every record edited so far is scored
     assert out["final"]["edits"] == 4 and "heldout_nll" in out["final"]
     assert_params_equal(mt, saved)
