@@ -69,9 +69,10 @@ def run(args, path: Path) -> None:
         steps = []
         for n in sizes:
             t0 = time.perf_counter()
-            r = evaluate_batched(mt, records, "memit", batch=n, n=n, progress=False)
+            r = evaluate_batched(mt, records, "memit", batch=n, n=n, generation=True, progress=False)
             steps.append({"edits": n, **{k: r[k] for k in METRICS}, "heldout_nll": r["chunks"][0]["heldout_nll"],
-                          "broken": r["broken_chunks"], "seconds": round(time.perf_counter() - t0, 1)})
+                          "GE": r["chunks"][0]["GE"], "broken": r["broken_chunks"],
+                          "seconds": round(time.perf_counter() - t0, 1)})
             save(steps, heldout_nll_unedited=r["heldout_nll_unedited"])
         return
     method, hparams = args.method, None
@@ -107,16 +108,16 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 5, figsize=(17, 3.6))
+    fig, axes = plt.subplots(1, 6, figsize=(20, 3.6))
     for name, data in result["methods"].items():
         steps = data["steps"]
         x = [s["edits"] for s in steps]
         label = name
         if "breaking_edits" in data:
             label += f"; breaking edits: {len(data['breaking_edits'])}"
-        for ax, key in zip(axes, (*METRICS, "heldout_nll")):
-            ax.plot(x, [s[key] for s in steps], marker="o", label=label)
-    for ax, key in zip(axes, (*METRICS, "held-out NLL (nats/token)")):
+        for ax, key in zip(axes, (*METRICS, "heldout_nll", "GE")):
+            ax.plot(x, [s.get(key) for s in steps], marker="o", label=label)
+    for ax, key in zip(axes, (*METRICS, "held-out NLL (nats/token)", "generation entropy GE")):
         ax.set_xscale("log")
         ax.set_xlabel("edits")
         ax.set_title(key)

@@ -100,12 +100,13 @@ def _check(records: Sequence[dict], n: int | None) -> list[dict]:
 
 def evaluate_batched(mt: LoadedModel, records: Sequence[dict], method: str = "memit", batch: int = 100,
                      n: int | None = None, *, hparams=None, break_nll: float = BREAK_NLL,
-                     progress: bool = True) -> dict:
-    """Chunks of ``batch`` records: edit, score each record, check health, undo. Returns the
-    averages (percent), the chunks' health and how many chunks broke the model."""
+                     generation: bool = False, progress: bool = True) -> dict:
+    """Chunks of ``batch`` records: edit, score each record, check health (with ``generation``,
+    also the generation entropy GE of each edited model), undo. Returns the averages (percent), the
+    chunks' health and how many chunks broke the model."""
     if batch < 1:
         raise ValueError("batch must be at least 1.")
-    texts, _ = health_texts(records)  # the set's last records: never edited when n leaves them out
+    texts, prompts = health_texts(records)  # the set's last records: never edited when n leaves them out
     records = _check(records, n)
     base = model_health(mt, texts)["heldout_nll"]
     rows, chunks = [], []
@@ -117,10 +118,11 @@ def evaluate_batched(mt: LoadedModel, records: Sequence[dict], method: str = "me
         try:
             seconds = time.perf_counter() - began
             rows += [record_metrics(score_record(mt, r)) for r in chunk]
-            nll = model_health(mt, texts)["heldout_nll"]
+            health = model_health(mt, texts, prompts if generation else ())
         finally:
             undo(edits)
-        chunks.append({"n": len(chunk), "seconds": round(seconds, 2), "heldout_nll": nll,
+        nll = health["heldout_nll"]
+        chunks.append({"n": len(chunk), "seconds": round(seconds, 2), **health,
                        "broken": nll - base > break_nll})
     return {"method": method, "batch": batch, **summarize(rows), "heldout_nll_unedited": base,
             "chunks": chunks, "broken_chunks": sum(c["broken"] for c in chunks)}

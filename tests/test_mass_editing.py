@@ -52,6 +52,10 @@ def test_batched_memit_scores_and_restores(memit_patched):
     out = evaluate_batched(mt, records(5), "memit", batch=2, progress=False)
     assert out["n"] == 5 and [c["n"] for c in out["chunks"]] == [2, 2, 1]
     assert {"ES", "PS", "NS", "S"} <= set(out) and out["broken_chunks"] == 0
+    assert "GE" not in out["chunks"][0]
+    assert_params_equal(mt, saved)
+    with_ge = evaluate_batched(mt, records(2), "memit", batch=2, generation=True, progress=False)
+    assert with_ge["chunks"][0]["GE"] >= 0  # the edited model's generation entropy
     assert_params_equal(mt, saved)
 
 
