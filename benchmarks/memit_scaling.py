@@ -115,6 +115,8 @@ def plot(result: dict, path: Path) -> None:
         label = name
         if "breaking_edits" in data:
             label += f"; breaking edits: {len(data['breaking_edits'])}"
+        elif all("broken" in s for s in steps):
+            label += f"; breaking batches: {sum(bool(s['broken']) for s in steps)} of {len(steps)}"
         for ax, key in zip(axes, (*METRICS, "heldout_nll", "GE")):
             ax.plot(x, [s.get(key) for s in steps], marker="o", label=label)
     for ax, key in zip(axes, (*METRICS, "held-out NLL (nats/token)", "generation entropy GE")):
