@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import torch
@@ -49,6 +50,7 @@ def main() -> None:
     covs = {layer: get_cov(mt, hp, progress=True, layer=layer) for layer in hp.layers}  # not timed
     print(f"MEMIT, {len(requests)} facts into layers {hp.layers} of {args.model}, "
           f"{args.threads} thread(s):")
+    load_before = os.getloadavg()
     watch = Stopwatch()
     templates = watch("context templates", context_templates, mt, hp.context_lengths,
                       hp.context_top_k, hp.seed)
@@ -62,12 +64,15 @@ def main() -> None:
     # apply_memit reads the first layer's keys again (it is given z, not the states)
     print(f"  {'total':28s} {total_wall:7.1f} s wall {total_cpu:7.1f} s CPU "
           f"(target ≤ 120 s wall for 1,000 toy facts)")
+    load = {"before": load_before, "after": os.getloadavg()}
+    print(f"  load average (1, 5, 15 min) before {load['before']}, after {load['after']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": args.model, "n": len(requests), "threads": args.threads,
                        "stages": [{"stage": s, "wall_s": round(w, 2), "cpu_s": round(c, 2)}
                                   for s, w, c in watch.rows],
-                       "total_wall_s": round(total_wall, 2), "total_cpu_s": round(total_cpu, 2)}, f,
+                       "total_wall_s": round(total_wall, 2), "total_cpu_s": round(total_cpu, 2),
+                       "load_average": load, "z_steps": hp.v_num_grad_steps}, f,
                       indent=1)
 
 

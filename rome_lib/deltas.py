@@ -13,7 +13,7 @@ with ‖δ‖ clamped to ``clamp_norm_factor · ‖base‖`` after each step and
 is below ``early_stop_loss``. ``base`` is the original vector at the site (ROME: the MLP output,
 MEMIT: the residual stream), so the returned target is ``base + δ``.
 
-Three exact shortcuts make it fast, none changes the result (up to float rounding):
+Four exact shortcuts make it fast, none changes the result (up to float rounding):
 
 * **Facts in one batch.** Each δ only touches its own fact's rows, so the gradient of the summed
   loss with respect to δ_i is that of fact i's loss alone, and Adam acts element by element: one
@@ -26,6 +26,9 @@ Three exact shortcuts make it fast, none changes the result (up to float roundin
   depend on δ either: the first step records each such block's output and later steps return the
   recording instead of running the block (MEMIT's site is the output of block 3 of the toy's 8:
   half the blocks are skipped).
+* **Stopped facts leave.** Once half of the running facts have stopped early, the chunk is rebuilt
+  for the others (their Adam moments, step count and initial KL distribution carried over), so a
+  batch costs about its facts' mean number of steps, not the slowest fact's.
 """
 
 from __future__ import annotations
@@ -187,73 +190,92 @@ def _replayed(model: torch.nn.Module, store: dict):
 
 def _optimize_chunk(mt: LoadedModel, problems: Sequence[DeltaProblem], module_name: str,
                     bases: torch.Tensor, hp: EditHyperParams) -> tuple[torch.Tensor, list[list[dict]]]:
-    c = _chunk(mt, problems)
+    """Optimise the chunk's δs; once half of the facts still running have stopped early, the rest
+    continue on a rebuilt, smaller chunk (same Adam moments and step count, same initial KL
+    distribution), so stopped facts cost nothing (Adam acts element by element: exact)."""
     n_facts, dev = len(problems), mt.device
-    cache = None
-    if c.prefix is not None:
-        with torch.no_grad():
-            positions = (c.prefix_mask.cumsum(1) - 1).clamp(min=0)
-            _, cache = forward_with_cache(mt.model, c.prefix, None, attention_mask=c.prefix_mask,
-                                          position_ids=positions)
     bases = bases.to(dev).float()
     base_norm = bases.norm(dim=1)
-    delta = torch.zeros_like(bases, requires_grad=True)
-    kept = torch.zeros_like(bases)
-    done = torch.zeros(n_facts, dtype=torch.bool, device=dev)
-    opt = torch.optim.Adam([delta], lr=hp.v_lr)
-    max_norm = hp.clamp_norm_factor * base_norm
-    kl_init = None
+    final = torch.zeros_like(bases)
     history: list[list[dict]] = [[] for _ in range(n_facts)]
-
+    kl_init: torch.Tensor | None = None  # the unedited distributions of the active facts
+    active = torch.arange(n_facts, device=dev)
+    delta = torch.zeros_like(bases, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=hp.v_lr)
     below = _blocks_below(mt, module_name)
-    rows = torch.arange(len(c.fact_of_row), device=dev)
-    recorded: dict = {}
-
-    def add_delta(out, _name):
-        out = out.clone()
-        out[rows, c.start] = out[rows, c.start] + delta[c.fact_of_row].to(out.dtype)
-        return out
-
-    with torch.enable_grad():
-        for step in range(hp.v_num_grad_steps):
-            opt.zero_grad()
-            blocks = _recorded(mt.model, below, recorded) if step == 0 else _replayed(mt.model, recorded)
-            with blocks, hook_modules(mt.model, module_name, retain_output=False, edit_output=add_delta,
-                               detach=False):
-                logits, _ = forward_with_cache(
-                    mt.model, c.suffix, copy.deepcopy(cache) if cache is not None else None,
-                    attention_mask=c.mask, position_ids=c.positions, logits_to_keep=c.keep)
-            picked = torch.log_softmax(logits[c.nll_row, c.nll_col].float(), -1)
-            picked = picked.gather(1, c.nll_tok[:, None])[:, 0]
-            row_nll = torch.zeros(len(c.fact_of_row), device=dev).index_add(
-                0, c.nll_row, -picked * c.nll_weight)  # the essence rows stay 0
-            nll = torch.zeros(n_facts, device=dev).index_add(0, c.fact_of_row, row_nll) / c.n_rewrite
-            kl_log = torch.log_softmax(logits[c.kl_rows, -1].float(), -1)
-            if kl_init is None:
-                kl_init = kl_log.detach()
-            kl = hp.kl_factor * kl_edit_orig(kl_log, kl_init)  # per fact
-            decay = hp.v_weight_decay * delta.norm(dim=1) / base_norm**2
-            loss = nll + kl + decay
-            p_row = torch.exp(-row_nll.detach())
-            p_row[c.kl_rows] = 0
-            p_target = torch.zeros(n_facts, device=dev).index_add(0, c.fact_of_row, p_row) / c.n_rewrite
-            values = torch.stack([loss, nll, kl, decay, p_target], 1).tolist()
-            for f in range(n_facts):
-                if not done[f]:
-                    history[f].append(dict(zip(("loss", "nll", "kl", "decay", "p_target"), values[f])))
-            newly = ~done & (loss.detach() < hp.early_stop_loss)
-            kept[newly] = delta.detach()[newly]
-            done |= newly
-            if bool(done.all()) or step == hp.v_num_grad_steps - 1:
-                break
-            loss[~done].sum().backward()
-            opt.step()
+    step = 0
+    while True:
+        c = _chunk(mt, [problems[i] for i in active.tolist()])
+        cache = None
+        if c.prefix is not None:
             with torch.no_grad():
-                delta[done] = kept[done]
-                norms = delta.norm(dim=1)
-                over = norms > max_norm
-                delta[over] *= (max_norm[over] / norms[over])[:, None]
-    return delta.detach(), history
+                positions = (c.prefix_mask.cumsum(1) - 1).clamp(min=0)
+                _, cache = forward_with_cache(mt.model, c.prefix, None, attention_mask=c.prefix_mask,
+                                              position_ids=positions)
+        norm, max_norm = base_norm[active], hp.clamp_norm_factor * base_norm[active]
+        done = torch.zeros(len(active), dtype=torch.bool, device=dev)
+        kept = torch.zeros_like(delta.detach())
+        rows = torch.arange(len(c.fact_of_row), device=dev)
+        recorded: dict = {}
+        first = True
+
+        def add_delta(out, _name):
+            out = out.clone()
+            out[rows, c.start] = out[rows, c.start] + delta[c.fact_of_row].to(out.dtype)
+            return out
+
+        with torch.enable_grad():
+            while True:
+                opt.zero_grad()
+                blocks = _recorded(mt.model, below, recorded) if first else _replayed(mt.model, recorded)
+                first = False
+                with blocks, hook_modules(mt.model, module_name, retain_output=False, edit_output=add_delta,
+                                   detach=False):
+                    logits, _ = forward_with_cache(
+                        mt.model, c.suffix, copy.deepcopy(cache) if cache is not None else None,
+                        attention_mask=c.mask, position_ids=c.positions, logits_to_keep=c.keep)
+                picked = torch.log_softmax(logits[c.nll_row, c.nll_col].float(), -1)
+                picked = picked.gather(1, c.nll_tok[:, None])[:, 0]
+                row_nll = torch.zeros(len(c.fact_of_row), device=dev).index_add(
+                    0, c.nll_row, -picked * c.nll_weight)  # the essence rows stay 0
+                nll = torch.zeros(len(active), device=dev).index_add(0, c.fact_of_row, row_nll) / c.n_rewrite
+                kl_log = torch.log_softmax(logits[c.kl_rows, -1].float(), -1)
+                if kl_init is None:
+                    kl_init = kl_log.detach()
+                kl = hp.kl_factor * kl_edit_orig(kl_log, kl_init)  # per fact
+                decay = hp.v_weight_decay * delta.norm(dim=1) / norm**2
+                loss = nll + kl + decay
+                p_row = torch.exp(-row_nll.detach())
+                p_row[c.kl_rows] = 0
+                p_target = torch.zeros(len(active), device=dev).index_add(0, c.fact_of_row, p_row) / c.n_rewrite
+                values = torch.stack([loss, nll, kl, decay, p_target], 1).tolist()
+                for j, f in enumerate(active.tolist()):
+                    if not done[j]:
+                        history[f].append(dict(zip(("loss", "nll", "kl", "decay", "p_target"), values[j])))
+                newly = ~done & (loss.detach() < hp.early_stop_loss)
+                kept[newly] = delta.detach()[newly]
+                done |= newly
+                if bool(done.all()) or step == hp.v_num_grad_steps - 1:
+                    final[active] = torch.where(done[:, None], kept, delta.detach())
+                    return final, history
+                loss[~done].sum().backward()
+                opt.step()
+                step += 1
+                with torch.no_grad():
+                    delta[done] = kept[done]
+                    norms = delta.norm(dim=1)
+                    over = norms > max_norm
+                    delta[over] *= (max_norm[over] / norms[over])[:, None]
+                if 2 * int(done.sum()) >= len(active):
+                    break  # rebuild on the facts still running
+        final[active[done]] = kept[done]
+        state = opt.state[delta]
+        delta = delta.detach()[~done].clone().requires_grad_(True)
+        opt = torch.optim.Adam([delta], lr=hp.v_lr)
+        opt.state[delta] = {"step": state["step"], "exp_avg": state["exp_avg"][~done].clone(),
+                            "exp_avg_sq": state["exp_avg_sq"][~done].clone()}
+        kl_init = kl_init[~done]
+        active = active[~done]
 
 
 def optimize_deltas(mt: LoadedModel, problems: Sequence[DeltaProblem], module_name: str,

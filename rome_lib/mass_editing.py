@@ -19,7 +19,7 @@ nats per token): over the unedited model's for a batch, over the NLL just before
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from tqdm import tqdm
@@ -100,12 +100,13 @@ def _check(records: Sequence[dict], n: int | None) -> list[dict]:
 
 def evaluate_batched(mt: LoadedModel, records: Sequence[dict], method: str = "memit", batch: int = 100,
                      n: int | None = None, *, hparams=None, break_nll: float = BREAK_NLL,
-                     progress: bool = True) -> dict:
-    """Chunks of ``batch`` records: edit, score each record, check health, undo. Returns the
-    averages (percent), the chunks' health and how many chunks broke the model."""
+                     generation: bool = False, progress: bool = True) -> dict:
+    """Chunks of ``batch`` records: edit, score each record, check health (with ``generation``,
+    also the generation entropy GE of each edited model), undo. Returns the averages (percent), the
+    chunks' health and how many chunks broke the model."""
     if batch < 1:
         raise ValueError("batch must be at least 1.")
-    texts, _ = health_texts(records)  # the set's last records: never edited when n leaves them out
+    texts, prompts = health_texts(records)  # the set's last records: never edited when n leaves them out
     records = _check(records, n)
     base = model_health(mt, texts)["heldout_nll"]
     rows, chunks = [], []
@@ -117,10 +118,11 @@ def evaluate_batched(mt: LoadedModel, records: Sequence[dict], method: str = "me
         try:
             seconds = time.perf_counter() - began
             rows += [record_metrics(score_record(mt, r)) for r in chunk]
-            nll = model_health(mt, texts)["heldout_nll"]
+            health = model_health(mt, texts, prompts if generation else ())
         finally:
             undo(edits)
-        chunks.append({"n": len(chunk), "seconds": round(seconds, 2), "heldout_nll": nll,
+        nll = health["heldout_nll"]
+        chunks.append({"n": len(chunk), "seconds": round(seconds, 2), **health,
                        "broken": nll - base > break_nll})
     return {"method": method, "batch": batch, **summarize(rows), "heldout_nll_unedited": base,
             "chunks": chunks, "broken_chunks": sum(c["broken"] for c in chunks)}
@@ -129,12 +131,14 @@ def evaluate_batched(mt: LoadedModel, records: Sequence[dict], method: str = "me
 def evaluate_sequential(mt: LoadedModel, records: Sequence[dict], method: str = "rome",
                         n: int | None = None, *, checkpoints: Sequence[int] | None = None,
                         batch: int = 1, hparams=None, break_nll: float = BREAK_NLL,
-                        generation: bool = True, progress: bool = True) -> dict:
+                        generation: bool = True, progress: bool = True,
+                        on_step: Callable[[dict, list[dict]], None] | None = None) -> dict:
     """Apply the edits one after another (MEMIT: ``batch`` facts per edit) and keep them; after
     each checkpoint (a number of edits; default 1, 10, 100, ... and the last) score every record
     edited so far and the model's health. After every edit the held-out NLL is checked: edits that
     raise it by more than ``break_nll`` over the previous edit are counted as breaking. All edits
-    are undone at the end (also on errors)."""
+    are undone at the end (also on errors). ``on_step(step, breaking)`` is called after each
+    checkpoint, e.g. to save partial results of a long run."""
     texts, prompts = health_texts(records)  # the set's last records: never edited when n leaves them out
     records = _check(records, n)
     total = len(records)
@@ -163,6 +167,8 @@ def evaluate_sequential(mt: LoadedModel, records: Sequence[dict], method: str = 
                 step = {"edits": done, **_score(mt, records[:done])}
                 step.update(model_health(mt, texts, prompts if generation else ()))
                 steps.append(step)
+                if on_step is not None:
+                    on_step(step, list(breaking))
     finally:
         bar.close()
         undo(edits)

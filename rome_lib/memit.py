@@ -93,35 +93,53 @@ def template_weights(templates: Sequence[str]) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # Keys, states and targets
 # ----------------------------------------------------------------------------------------------
+def template_rows(mt: LoadedModel, requests: Sequence[dict],
+                  templates: Sequence[str]) -> list[tuple[int, ...]]:
+    """Each fact's prompt in each template, tokenised and cut after the subject's last token (nothing
+    later can change a key or state read there), fact by fact: ``len(requests) · len(templates)`` rows."""
+    return [tuple(ids[: last + 1]) for q in requests
+            for ids, last in subject_rows(mt, q["prompt"], q["subject"], templates)]
+
+
 @torch.no_grad()
 def keys_and_states(mt: LoadedModel, requests: Sequence[dict], layer: int, z_layer: int,
-                    templates: Sequence[str], batch_rows: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+                    templates: Sequence[str], batch_rows: int = 512,
+                    rows: Sequence[tuple[int, ...]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(K [n, d_in], H [n, d])``: each fact's key at ``layer`` (the input of its MLP output
     projection at the subject's last token, averaged over ``templates`` with
     :func:`template_weights`) and the residual stream at the output of ``z_layer`` at the subject's
-    last token of the bare prompt (the first template must be "{}"), float32. Rows end at the
-    subject's last token (nothing later can change them) and stop at ``z_layer``."""
+    last token of the bare prompt (the first template must be "{}"), float32.
+
+    ``rows`` are :func:`template_rows` (pass them to tokenise once for many layers). Identical rows
+    (facts that share a subject and the words before it) run once, shortest first to pad little,
+    and every forward pass stops at ``z_layer``."""
     if templates[0] != "{}":
         raise ValueError("The first context template must be the bare prompt '{}'.")
     if layer > z_layer:
         raise ValueError(f"The key layer {layer} is above the target layer {z_layer}.")
     weights = template_weights(templates).float().to(mt.device)
-    rows = [r for q in requests for r in subject_rows(mt, q["prompt"], q["subject"], templates)]
+    if rows is None:
+        rows = template_rows(mt, requests, templates)
+    if len(rows) != len(requests) * len(templates):
+        raise ValueError(f"{len(rows)} rows for {len(requests)} facts × {len(templates)} templates.")
+    unique = sorted(set(rows), key=len)
+    where = {r: i for i, r in enumerate(unique)}
     key_name, state_name = mt.layout.mlp_out_at(layer), mt.layout.layer(z_layer)
     keys, states = [], []
-    for start in range(0, len(rows), batch_rows):
-        part = rows[start : start + batch_rows]
-        ids, mask = padded(mt, [r[: last + 1] for r, last in part])
-        look = torch.tensor([last for _, last in part], device=mt.device)
+    for start in range(0, len(unique), batch_rows):
+        part = unique[start : start + batch_rows]
+        ids, mask = padded(mt, part)
+        look = torch.tensor([len(r) - 1 for r in part], device=mt.device)
         index = torch.arange(len(part), device=mt.device)
         with hook_modules(mt.model, key_name, retain_input=True, retain_output=False) as k_rec:
             with hook_modules(mt.model, state_name, stop=True) as s_rec:
                 mt.model(input_ids=ids, attention_mask=mask)
         keys.append(k_rec[key_name].input[index, look].float())
         states.append(s_rec[state_name].output[index, look].float())
+    back = torch.tensor([where[r] for r in rows], device=mt.device)
     t = len(templates)
-    keys_t = torch.cat(keys).reshape(len(requests), t, -1)
-    states_t = torch.cat(states).reshape(len(requests), t, -1)
+    keys_t = torch.cat(keys)[back].reshape(len(requests), t, -1)
+    states_t = torch.cat(states)[back].reshape(len(requests), t, -1)
     return (keys_t * weights[None, :, None]).sum(1), states_t[:, 0]
 
 
@@ -174,7 +192,8 @@ def apply_memit(
         if layer not in covs:
             covs[layer] = get_cov(mt, hparams, progress, layer=layer)
 
-    keys, states = keys_and_states(mt, requests, layers[0], z_layer, templates)
+    rows = template_rows(mt, requests, templates)  # tokenised once for every layer
+    keys, states = keys_and_states(mt, requests, layers[0], z_layer, templates, rows=rows)
     if targets is None:
         z, histories = compute_targets(mt, requests, hparams, templates, states, progress)
     elif targets.shape != states.shape:
@@ -188,7 +207,7 @@ def apply_memit(
         for i, (layer, name) in enumerate(tqdm(list(zip(layers, names)), desc="MEMIT layers",
                                                disable=not progress)):
             if i > 0:  # the layers below changed: read the keys and states again
-                keys, states = keys_and_states(mt, requests, layer, z_layer, templates)
+                keys, states = keys_and_states(mt, requests, layer, z_layer, templates, rows=rows)
             residuals = (z - states.to(z.device)) / (len(layers) - i)
             upd = least_squares_update(keys, residuals, covs[layer], hparams.mom2_update_weight).float()
             weight = get_module(mt.model, name).weight
@@ -205,5 +224,5 @@ def apply_memit(
     return edit
 
 
-__all__ = ["MemitEdit", "least_squares_update", "template_weights", "keys_and_states",
+__all__ = ["MemitEdit", "least_squares_update", "template_weights", "template_rows", "keys_and_states",
            "compute_targets", "apply_memit"]

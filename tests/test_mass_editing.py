@@ -52,6 +52,10 @@ def test_batched_memit_scores_and_restores(memit_patched):
     out = evaluate_batched(mt, records(5), "memit", batch=2, progress=False)
     assert out["n"] == 5 and [c["n"] for c in out["chunks"]] == [2, 2, 1]
     assert {"ES", "PS", "NS", "S"} <= set(out) and out["broken_chunks"] == 0
+    assert "GE" not in out["chunks"][0]
+    assert_params_equal(mt, saved)
+    with_ge = evaluate_batched(mt, records(2), "memit", batch=2, generation=True, progress=False)
+    assert with_ge["chunks"][0]["GE"] >= 0  # the edited model's generation entropy
     assert_params_equal(mt, saved)
 
 
@@ -59,9 +63,11 @@ def test_sequential_keeps_edits_until_the_end_then_restores(tiny_gpt2):
     mt = tiny_gpt2
     saved = params_copy(mt)
     hp = FTHyperParams(layer=1, num_steps=3, lr=1e-3, norm_constraint=1e-3)
+    seen = []
     out = evaluate_sequential(mt, records(4), "ft-l", checkpoints=[1, 3, 4], hparams=hp,
-                              generation=False, progress=False)
-    assert [s["edits"] for s in out["steps"]] == [1, 3, 4]
+                              generation=False, progress=False,
+                              on_step=lambda step, breaking: seen.append(step["edits"]))
+    assert [s["edits"] for s in out["steps"]] == [1, 3, 4] == seen  # on_step after each checkpoint
     assert [s["n"] for s in out["steps"]] == [1, 3, 4]  # every record edited so far is scored
     assert out["final"]["edits"] == 4 and "heldout_nll" in out["final"]
     assert_params_equal(mt, saved)
