@@ -37,7 +37,7 @@ from unittest import mock
 
 import torch
 
-from .. import rome as rome_module
+from .. import deltas as deltas_module, rome as rome_module
 from ..deltas import kl_edit_orig
 from ..evaluation import record_metrics, score_record
 from ..hooks import get_module
@@ -103,8 +103,11 @@ _WEIGHTS: dict[tuple, torch.Tensor] = {}
 
 @contextlib.contextmanager
 def _kl_reversed():
-    """rome_lib's v* loss with KL(P_orig ‖ P_edit) instead of KL(P_edit ‖ P_orig)."""
-    with mock.patch.object(rome_module, "kl_edit_orig", lambda edit, orig: kl_edit_orig(orig, edit)):
+    """rome_lib's v* loss with KL(P_orig ‖ P_edit) instead of KL(P_edit ‖ P_orig), both where the
+    loss is written out (rome.v_loss) and in the δ loop that compute_v runs (deltas)."""
+    reversed_kl = lambda edit, orig: kl_edit_orig(orig, edit)  # noqa: E731
+    with mock.patch.object(rome_module, "kl_edit_orig", reversed_kl), \
+            mock.patch.object(deltas_module, "kl_edit_orig", reversed_kl):
         yield
 
 
