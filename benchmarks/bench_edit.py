@@ -4,8 +4,8 @@
     python benchmarks/bench_edit.py --model smollm2 --threads 1 --compare /tmp/before.pt
 
 SmolLM2 edits the first record of ``benchmarks/results/smollm2/records.json`` ("Audible.com is owned
-by" -> Tokyo) at its preset layer 3 with C from the 300 Wikipedia leads (computed once, cached; not
-part of the timing); the toy edits its first CounterFact-style record. The context templates are
+by" -> Tokyo) at its preset layer 3 with C from the first 300 Wikipedia leads (``--mom2-n-samples``;
+computed once, cached; not part of the timing); the toy edits its first CounterFact-style record. The context templates are
 sampled once before the timing (cached per model), as a session's second edit finds them.
 ``--compare`` prints the largest relative change of v* and of ΔW against a ``--save``d run.
 Prints one JSON line.
@@ -13,6 +13,7 @@ Prints one JSON line.
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -28,6 +29,8 @@ parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--model", default="toy")
 parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
 parser.add_argument("--layer", type=int, default=None, help="default: the model's preset")
+parser.add_argument("--mom2-n-samples", type=int, default=None,
+                    help="texts for C (default: 300 for smollm2, the preset's for the toy)")
 parser.add_argument("--save", type=Path, help="write v* and ΔW here")
 parser.add_argument("--compare", type=Path, help="a --save'd file to compare v* and ΔW with")
 args = parser.parse_args()
@@ -41,9 +44,10 @@ else:
 request = records[0]["requested_rewrite"]
 hparams = ROMEHyperParams.for_model(mt.name, mt.n_layer)
 if args.layer is not None:
-    from dataclasses import replace
-
     hparams = replace(hparams, layer=args.layer)
+n_texts = args.mom2_n_samples or (300 if args.model == "smollm2" else None)
+if hparams.mom2_adjustment and n_texts:
+    hparams = replace(hparams, mom2_n_samples=n_texts)
 get_cov(mt, hparams, progress=False)
 context_templates(mt, hparams.context_lengths, hparams.context_top_k, hparams.seed)
 weight = mt.model.get_submodule(mt.layout.mlp_out_at(hparams.layer)).weight
@@ -52,7 +56,7 @@ edit, wall, cpu = _timed_cpu(lambda: apply_rome(mt, request, hparams))
 update = weight.detach().float() - before
 v_star = edit.info["v_star"].float()
 edit.undo()
-out = {"model": args.model, "layer": hparams.layer, "threads": torch.get_num_threads(),
+out = {"model": args.model, "layer": hparams.layer, "mom2_n_samples": hparams.mom2_n_samples, "threads": torch.get_num_threads(),
        "request": request, "steps": len(edit.info["history"]), "edit_s": round(wall, 2),
        "edit_cpu_s": round(cpu, 2)}
 if args.save:
