@@ -17,13 +17,15 @@ from rome_lib.sweep import SCORES, spearman, tracing_effect
 
 sweep_path, aie_path, prefix = sys.argv[1:4]
 sweep, aie = json.load(open(sweep_path)), json.load(open(aie_path))
-layers = [row["layer"] for row in sweep["results"]]
+results = sorted(sweep["results"], key=lambda row: row["layer"])  # a sweep may run in any order
+layers = [row["layer"] for row in results]
 effects = {kind: [tracing_effect(aie, kind)[l] for l in layers] for kind in ("mlp", "state")}
 summary = {
     "model": sweep["model"], "records": sweep["n"], "aie_facts": aie["n"], "layers": layers,
-    "scores": {k: [row[k] for row in sweep["results"]] for k in SCORES},
+    "mom2_corpus": sweep.get("mom2_corpus"), "mom2_n_samples": sweep.get("mom2_n_samples"),
+    "scores": {k: [row[k] for row in results] for k in SCORES},
     "aie_last_subject": effects,
-    "spearman": {f"{kind}_vs_{score}": round(spearman(effects[kind], [r[score] for r in sweep["results"]]), 3)
+    "spearman": {f"{kind}_vs_{score}": round(spearman(effects[kind], [r[score] for r in results]), 3)
                  for kind in effects for score in ("S", "ES")},
 }
 json.dump(summary, open(prefix + ".json", "w"), indent=1)
