@@ -268,7 +268,11 @@ def _blocks_from(mt: LoadedModel, start: int, stop: int | None = None) -> Iterat
         setattr(parent, attr, blocks)
 
 
-def _first_restored(kind: str, layer: int, window: int, n_layer: int) -> int:
+def _first_block(kind: str, layer: int, window: int, n_layer: int) -> int:
+    """The first block a cell must run: a restored state h^(l) is the input of block l + 1 (the top
+    layer's is restored at its block's output); MLP or attention, the window's first block."""
+    if kind == "state":
+        return min(layer + 1, n_layer - 1)
     return _restored_layers(kind, layer, window, n_layer).start
 
 
@@ -299,8 +303,12 @@ def _walk(mt, setup, corrupted, clean, layers, starts, token, kind, window,
     samples = setup.noise.shape[0]
     device = setup.ids.device
     sample_of_row = torch.arange(len(layers) * samples, device=device) % samples
+    # A state cell that joins right above its layer enters with its clean state already in place.
+    entering = {c for c, layer in enumerate(layers) if kind == "state" and starts[c] == layer + 1}
     restore_rows: dict[str, list[int]] = {}
     for c, layer in enumerate(layers):
+        if c in entering:
+            continue
         for l in _restored_layers(kind, layer, window, n_layer):
             restore_rows.setdefault(layout.module(kind, l), []).extend(
                 range(c * samples, (c + 1) * samples))
@@ -321,7 +329,10 @@ def _walk(mt, setup, corrupted, clean, layers, starts, token, kind, window,
     hidden = None
     for j, k in zip(bounds, bounds[1:]):  # blocks j..k-1, with the rows that have joined by j
         joined, rows = 0 if hidden is None else len(hidden), samples * sum(s <= j for s in starts)
-        joining = corrupted.block_inputs[j][sample_of_row[joined:rows], token:]
+        joining = corrupted.block_inputs[j][sample_of_row[joined:rows], token:]  # a copy
+        for c in entering & set(range(joined // samples, rows // samples)):
+            joining[c * samples - joined : (c + 1) * samples - joined, 0] = \
+                clean[layout.module(kind, layers[c])][token]
         hidden = joining if hidden is None else torch.cat([hidden, joining])
         names = [n for l in range(j, k)
                  for n in (layout.module(kind, l), *(sever_names[l : l + 1]))
@@ -401,7 +412,7 @@ def trace(
     scores[:b] = corrupted.low
     groups = min(n_layer, layer_groups or _layer_groups(mt))
     for t in range(b, n_tokens):
-        starts = [_group_start(_first_restored(kind, l, window, n_layer), n_layer, groups)
+        starts = [_group_start(_first_block(kind, l, window, n_layer), n_layer, groups)
                   for l in range(n_layer)]
         per_walk = _rows_per_pass(mt, n_tokens - t, samples, memory_budget) // samples
         for first in range(0, n_layer, per_walk):
