@@ -17,14 +17,21 @@ from rome_lib.sweep import SCORES, spearman, tracing_effect
 
 sweep_path, aie_path, prefix = sys.argv[1:4]
 sweep, aie = json.load(open(sweep_path)), json.load(open(aie_path))
-layers = [row["layer"] for row in sweep["results"]]
+results = sorted(sweep["results"], key=lambda row: row["layer"])  # a sweep may run in any order
+layers = [row["layer"] for row in results]
 effects = {kind: [tracing_effect(aie, kind)[l] for l in layers] for kind in ("mlp", "state")}
+rho, undefined = {}, []
+for kind in effects:
+    for score in ("S", "ES"):
+        try:
+            rho[f"{kind}_vs_{score}"] = round(spearman(effects[kind], [r[score] for r in results]), 3)
+        except ValueError:  # a constant curve (e.g. ES tied on the few layers of a cut sweep)
+            undefined.append(f"{kind}_vs_{score}")
 summary = {
     "model": sweep["model"], "records": sweep["n"], "aie_facts": aie["n"], "layers": layers,
-    "scores": {k: [row[k] for row in sweep["results"]] for k in SCORES},
-    "aie_last_subject": effects,
-    "spearman": {f"{kind}_vs_{score}": round(spearman(effects[kind], [r[score] for r in sweep["results"]]), 3)
-                 for kind in effects for score in ("S", "ES")},
+    "mom2_corpus": sweep.get("mom2_corpus"), "mom2_n_samples": sweep.get("mom2_n_samples"),
+    "scores": {k: [row[k] for row in results] for k in SCORES},
+    "aie_last_subject": effects, "spearman": rho, "spearman_undefined": undefined,
 }
 json.dump(summary, open(prefix + ".json", "w"), indent=1)
 
@@ -41,9 +48,8 @@ for kind, color in (("mlp", "tab:green"), ("state", "tab:purple")):
     right.plot(layers, effects[kind], marker="o", color=color, label=f"{kind} (AIE)")
 right.set(xlabel="layer", ylabel="AIE at the last subject token",
           title=f"causal tracing, {aie['n']} facts")
-rho = summary["spearman"]
-right.legend(fontsize=8, title=f"Spearman vs S: MLP {rho['mlp_vs_S']:+.2f}, "
-             f"state {rho['state_vs_S']:+.2f}", title_fontsize=8)
+right.legend(fontsize=8, title=f"Spearman vs S: MLP {rho.get('mlp_vs_S', float('nan')):+.2f}, "
+             f"state {rho.get('state_vs_S', float('nan')):+.2f}", title_fontsize=8)
 fig.tight_layout()
 fig.savefig(prefix + ".png", dpi=100)
 print(json.dumps(summary["spearman"]))

@@ -317,8 +317,12 @@ def cmd_sweep(args) -> dict:
     if args.mom2_corpus or args.mom2_n_samples:  # a smaller corpus for C: a sweep on a CPU
         hparams = replace(hparams, mom2_corpus=args.mom2_corpus or hparams.mom2_corpus,
                           mom2_n_samples=args.mom2_n_samples or hparams.mom2_n_samples)
+    def save(partial: dict) -> None:  # rewritten after every layer: a long sweep keeps what finished
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(partial, f, indent=1)
+
     out = sweep_layers(mt, records, parse_layers(args.layers, mt.n_layer), hparams=hparams,
-                       progress=not args.json)
+                       progress=not args.json, on_layer=save if args.out else None)
     if not args.json:
         print(f"ROME at each layer, {out['n']} records:")
         for row in out["results"]:
@@ -435,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mom2-corpus", default=None, help="corpus for C (default: the preset's)")
     p.add_argument("--mom2-n-samples", type=int, default=None,
                    help="texts of that corpus for C (default: the preset's)")
+    p.add_argument("--out", default=None,
+                   help="also write the JSON here, rewritten after every layer")
     p.set_defaults(run=cmd_sweep)
     _add_models_parser(sub)  # models fetch smollm2 / models list
     return parser

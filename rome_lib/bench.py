@@ -32,7 +32,7 @@ def _timed_cpu(fn):
 
 
 def exact_skip_bound(n_tokens: int, n_layer: int, subject_start: int, samples: int = 10,
-                     window: int | None = None) -> float:
+                     window: int | None = None, kinds: Sequence[str] = KINDS) -> float:
     """The most any exact method can save over the per-cell reference, counted in block·token steps.
 
     The reference runs every cell as one pass of ``samples`` noisy rows plus the clean row through
@@ -40,16 +40,17 @@ def exact_skip_bound(n_tokens: int, n_layer: int, subject_start: int, samples: i
     nothing before t (the model is causal) and nothing below the first block it touches (l + 1 for a
     hidden state, the window's first layer for MLP/attention), and cells before the subject change
     nothing at all. Counting only that unavoidable part, over the three kinds, bounds the speedup of
-    any exact shortcut; on a compute-bound CPU it bounds what batching can gain, too.
+    any exact shortcut; on a compute-bound CPU it bounds what batching can gain, too. ``kinds``:
+    the kinds traced (default all three).
     """
     window = window or default_window(n_layer)
-    reference = len(KINDS) * n_tokens * n_layer * (samples + 1) * n_tokens * n_layer
+    reference = len(kinds) * n_tokens * n_layer * (samples + 1) * n_tokens * n_layer
     needed = 0
     for t in range(subject_start, n_tokens):
         for l in range(n_layer):
             first = {"state": l + 1, "mlp": window_layers(l, window, n_layer).start}
             first["attn"] = first["mlp"]
-            needed += sum(samples * (n_tokens - t) * (n_layer - first[k]) for k in KINDS)
+            needed += sum(samples * (n_tokens - t) * (n_layer - first[k]) for k in kinds)
     return reference / needed
 
 
@@ -82,7 +83,7 @@ def bench_trace(mt: LoadedModel, prompt: str, subject: str, *, samples: int = 10
         "speedup": round(reference_s / fast_s, 2),
         "cpu_speedup": round(reference_cpu / fast_cpu, 2), "max_abs_diff": diff,
         "exact_skip_bound": round(exact_skip_bound(n_tokens, n_layer, first.subject_range[0],
-                                                   samples), 2),
+                                                   samples, kinds=kinds), 2),
     }
 
 

@@ -478,6 +478,17 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def _contiguous_input(_module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook of the output head: hand it a contiguous copy of its input.
+
+    With ``logits_to_keep`` the models slice the last positions out of [rows, T, d] -- a strided
+    view -- and a CPU matrix product over a strided 3-D input takes a path ~8x slower than over the
+    same numbers laid out densely (the head of SmolLM2, 90 rows: 719 ms against 79 ms here). Same
+    values in, same logits out.
+    """
+    return (args[0].contiguous(), *args[1:])
+
+
 def load_model(
     name: str = "toy",
     *,
@@ -506,6 +517,9 @@ def load_model(
     model = _from_pretrained(AutoModelForCausalLM, name, source, "weights", dtype=dtype, **kwargs)
     model.to(device).eval()
     model.requires_grad_(False)
+    head = model.get_output_embeddings()
+    if head is not None:
+        head.register_forward_pre_hook(_contiguous_input)
     if tokenizer is None:
         tok = load_tokenizer(name)
     elif isinstance(tokenizer, str):

@@ -11,7 +11,7 @@ layer with the causal-tracing effect per layer (:func:`tracing_effect`).
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -42,12 +42,15 @@ def parse_layers(text: str, n_layer: int) -> list[int]:
 
 
 def sweep_layers(mt: LoadedModel, records: Sequence[dict], layers: Sequence[int], *,
-                 hparams: ROMEHyperParams | None = None, progress: bool = True) -> dict:
-    """ROME at each of ``layers`` on every record (each edit undone), scored without generation.
+                 hparams: ROMEHyperParams | None = None, progress: bool = True,
+                 on_layer: Callable[[dict], None] | None = None) -> dict:
+    """ROME at each of ``layers`` (in the order given) on every record (each edit undone), scored
+    without generation.
 
     Returns ``{"model", "n", "layers", "mom2_corpus", "mom2_n_samples", "results": [{"layer", "S",
     "ES", "PS", "NS"}, ...]}`` (percent). ``hparams`` (default: the model's preset) sets everything
-    but the layer.
+    but the layer. ``on_layer`` gets that dict after every layer, its results so far (a long sweep
+    can keep what finished).
     """
     if not records:
         raise ValueError("No records to edit.")
@@ -55,14 +58,15 @@ def sweep_layers(mt: LoadedModel, records: Sequence[dict], layers: Sequence[int]
     if base.mom2_adjustment:  # one pass over the corpus for every layer; cached for apply_rome
         layers_stats(mt, layers, corpus=base.mom2_corpus, n_samples=base.mom2_n_samples,
                      progress=progress)
-    results = []
+    out = {"model": mt.name, "n": len(records), "layers": list(layers),
+           "mom2_corpus": base.mom2_corpus, "mom2_n_samples": base.mom2_n_samples, "results": []}
     for layer in layers:
         scores = evaluate(mt, records, "rome", hparams=replace(base, layer=layer), generation=False,
                           progress=progress)
-        results.append({"layer": layer, **{k: scores[k] for k in SCORES}})
-    return {"model": mt.name, "n": len(records), "layers": list(layers),
-            "mom2_corpus": base.mom2_corpus, "mom2_n_samples": base.mom2_n_samples,
-            "results": results}
+        out["results"].append({"layer": layer, **{k: scores[k] for k in SCORES}})
+        if on_layer is not None:
+            on_layer(out)
+    return out
 
 
 def tracing_effect(aie: dict, kind: str = "mlp", bucket: str = "last_subject") -> list[float]:

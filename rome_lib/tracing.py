@@ -15,7 +15,8 @@ The official code runs one forward pass per (token, layer) cell over the whole p
 :func:`trace` computes the same scores, but a cell restoring token t reruns only tokens t.. (the
 corrupted run's keys and values stand in for the tokens before, through the model's cache argument)
 and only the blocks from the first one it restores (starting from the corrupted run's input to that
-block), with many cells per pass and logits at the last position only.
+block): the cells of one token walk up the blocks together, each joining at its first restored
+block, and the logits are computed at the last position only.
 :func:`trace_reference` is the plain per-cell loop, kept for the tests and the benchmark.
 """
 
@@ -263,33 +264,26 @@ def _corrupted_run(mt: LoadedModel, setup: _Setup, sever_names: list[str]) -> _C
                          [severed[n].output for n in sever_names])
 
 
-def _prefix_cache(model, corrupted: _CorruptedRun, token: int, sample_of_row: torch.Tensor):
-    """A KV cache of the corrupted run's first ``token`` tokens, one row per batch row."""
-    if token == 0:
-        return None
-    layers = corrupted.cache.layers
-    return DynamicCache(
-        ddp_cache_data=[(x.keys[sample_of_row, :, :token], x.values[sample_of_row, :, :token])
-                        for x in layers],
-        config=model.config,
-    )
-
-
 @contextlib.contextmanager
-def _blocks_from(mt: LoadedModel, start: int) -> Iterator[None]:
-    """For the ``with`` block the model runs only blocks ``start``.. (its block list is cut, then
-    put back): the blocks' own code runs unchanged, and each attention finds its layer's cache."""
+def _blocks_from(mt: LoadedModel, start: int, stop: int | None = None) -> Iterator[None]:
+    """For the ``with`` block the model runs only blocks ``start``..``stop``−1 (its block list is
+    cut, then put back): the blocks' own code runs unchanged, and each attention finds its layer's
+    cache."""
     parent_name, attr = mt.layout.block.removesuffix(".{}").rsplit(".", 1)
     parent = mt.model.get_submodule(parent_name)
     blocks = getattr(parent, attr)
-    setattr(parent, attr, nn.ModuleList(list(blocks)[start:]))
+    setattr(parent, attr, nn.ModuleList(list(blocks)[start:stop]))
     try:
         yield
     finally:
         setattr(parent, attr, blocks)
 
 
-def _first_restored(kind: str, layer: int, window: int, n_layer: int) -> int:
+def _first_block(kind: str, layer: int, window: int, n_layer: int) -> int:
+    """The first block a cell must run: a restored state h^(l) is the input of block l + 1 (the top
+    layer's is restored at its block's output); MLP or attention, the window's first block."""
+    if kind == "state":
+        return min(layer + 1, n_layer - 1)
     return _restored_layers(kind, layer, window, n_layer).start
 
 
@@ -298,60 +292,77 @@ def _group_start(first: int, n_layer: int, groups: int) -> int:
     return max(s for s in (g * n_layer // groups for g in range(groups)) if s <= first)
 
 
-PASS_TOKENS = 256  # ours: token-rows a CPU pass needs before its blocks' weights are worth reading
+def _layer_groups(mt: LoadedModel) -> int:
+    """How many start layers the cells restoring one token are split into.
 
-
-def _layer_groups(mt: LoadedModel, n_tokens: int, samples: int) -> int:
-    """How many start layers the cells restoring one token are split into (one pass each).
-
-    More groups skip more blocks, but a pass of few rows costs about as much as a larger one: it
-    reads every weight once and pays Python's fixed cost. So on a CPU the groups are as many as keep
-    ~:data:`PASS_TOKENS` token-rows per pass; a GPU, bound by the number of passes, uses one.
+    A group's rows join the walk up the blocks at its start layer, so more groups skip more blocks
+    at the cost of one more (shorter) model call each: on a CPU every cell starts at its own first
+    restored layer; a GPU, bound by the number of calls, uses one group.
     """
-    if mt.device.type == "cuda":
-        return 1
-    n_layer = mt.layout.n_layer
-    return max(1, min(n_layer, n_layer * samples * n_tokens // PASS_TOKENS))
+    return 1 if mt.device.type == "cuda" else mt.layout.n_layer
 
 
-def _restoration_pass(mt, setup, corrupted, clean, cells, token, start, kind, window,
-                      sever_names) -> torch.Tensor:
-    """Scores of ``cells`` (all restoring at ``token``) from one pass over tokens token.. through
-    blocks start.. : the corrupted run supplies the keys/values before ``token`` and the block
-    input at ``start``; each group of ``samples`` rows restores its own cell at position 0."""
+def _walk(mt, setup, corrupted, clean, layers, starts, token, kind, window,
+          sever_names) -> torch.Tensor:
+    """Scores of the cells (``token``, l) for l in ``layers`` from one walk up the blocks over
+    tokens token.. : each cell's ``samples`` rows join at its start layer (``starts``, ascending)
+    with the corrupted run's input to that block, the corrupted run supplies the keys/values before
+    ``token``, and each row restores its own cell at position 0. Rows that have joined run on
+    together, so every block runs once per segment between start layers, with only the rows that
+    need it; the logits are computed at the last position of the top block only."""
     model, layout, n_layer = mt.model, mt.layout, mt.layout.n_layer
     samples = setup.noise.shape[0]
     device = setup.ids.device
-    rows = torch.arange(len(cells) * samples, device=device)
-    sample_of_row = rows % samples
+    sample_of_row = torch.arange(len(layers) * samples, device=device) % samples
+    # A state cell that joins right above its layer enters with its clean state already in place.
+    entering = {c for c, layer in enumerate(layers) if kind == "state" and starts[c] == layer + 1}
     restore_rows: dict[str, list[int]] = {}
-    for c, (_, layer) in enumerate(cells):
+    for c, layer in enumerate(layers):
+        if c in entering:
+            continue
         for l in _restored_layers(kind, layer, window, n_layer):
             restore_rows.setdefault(layout.module(kind, l), []).extend(
                 range(c * samples, (c + 1) * samples))
     index = {name: torch.tensor(r, device=device) for name, r in restore_rows.items()}
     frozen = {name: values[sample_of_row, token]
               for name, values in zip(sever_names, corrupted.severed)}
-
-    def inject(_x, _name):
-        return corrupted.block_inputs[start][sample_of_row, token:]
+    prefix = [(x.keys[sample_of_row, :, :token], x.values[sample_of_row, :, :token])
+              for x in corrupted.cache.layers] if token else []
 
     def edit(x, name):  # as the reference: freeze severed modules, then restore
         if name in frozen:
-            x[:, 0] = frozen[name]
+            x[:, 0] = frozen[name][: len(x)]
         if name in index:
             x[index[name], 0] = clean[name][token]
         return x
 
-    names = sorted(set(index) | set(frozen))
-    cache = _prefix_cache(model, corrupted, token, sample_of_row)
-    with hook_modules(model, layout.layer(start), retain_output=False, edit_input=inject), \
-            hook_modules(model, names, retain_output=False, edit_output=edit), \
-            _blocks_from(mt, start):
-        logits, _ = forward_with_cache(model, setup.ids[:, token:].repeat(len(rows), 1), cache,
-                                       logits_to_keep=1)
+    bounds = sorted(set(starts)) + [n_layer]
+    hidden = None
+    for j, k in zip(bounds, bounds[1:]):  # blocks j..k-1, with the rows that have joined by j
+        joined, rows = 0 if hidden is None else len(hidden), samples * sum(s <= j for s in starts)
+        joining = corrupted.block_inputs[j][sample_of_row[joined:rows], token:]  # a copy
+        for c in entering & set(range(joined // samples, rows // samples)):
+            joining[c * samples - joined : (c + 1) * samples - joined, 0] = \
+                clean[layout.module(kind, layers[c])][token]
+        hidden = joining if hidden is None else torch.cat([hidden, joining])
+        names = [n for l in range(j, k)
+                 for n in (layout.module(kind, l), *(sever_names[l : l + 1]))
+                 if n in index or n in frozen]
+        cache = DynamicCache(ddp_cache_data=[(a[:rows], v[:rows]) for a, v in prefix[:k]],
+                             config=model.config) if prefix else None
+        top = k == n_layer
+        record = contextlib.nullcontext() if top else hook_modules(model, layout.layer(k - 1), stop=True)
+        with hook_modules(model, sorted(set(names)), retain_output=False, edit_output=edit), \
+                hook_modules(model, layout.layer(j), retain_output=False,
+                           edit_input=lambda _x, _name, h=hidden: h), \
+                record as out, _blocks_from(mt, j, k):
+            # the edits are hooked before the recording: it sees the restored output
+            logits, _ = forward_with_cache(model, setup.ids[:, token:].repeat(rows, 1), cache,
+                                           logits_to_keep=1)
+        if not top:
+            hidden = out[layout.layer(k - 1)].output
     probs = torch.softmax(logits[:, -1].float(), -1)[:, setup.answer_id]
-    return probs.view(len(cells), samples).mean(1)
+    return probs.view(len(layers), samples).mean(1)
 
 
 @torch.no_grad()
@@ -375,12 +386,14 @@ def trace(
 
     A cell restoring token t changes nothing before t (the model is causal) and nothing below the
     first layer it restores. So one corrupted run is kept -- its KV cache and every block's input --
-    and each restoration pass feeds only tokens t.. through the model's cache argument, starting at
-    the cached block input of its start layer. Cells sharing a token and a start layer share a pass
-    (chunked to ``memory_budget``: bytes of activations per pass, default a quarter of free GPU
-    memory, or 1 GiB on a CPU); only the last position's logits are computed. ``layer_groups`` is
-    how many start layers a token's cells are split into (default: :func:`_layer_groups`): more
-    skips more blocks, fewer means fewer, larger passes; the scores are the same.
+    and the cells restoring token t walk up the blocks together over tokens t.. only (the cache
+    argument supplies the earlier tokens): a cell's rows join the batch at its start layer with the
+    corrupted run's input to that block, so each block runs once per segment between start layers,
+    on just the rows that need it (the walk is chunked to ``memory_budget``: bytes of activations,
+    default a quarter of free GPU memory, or 1 GiB on a CPU); only the top block's last position
+    gets logits. ``layer_groups`` is how many start layers a token's cells are split into (default:
+    :func:`_layer_groups`): more skip more blocks, fewer mean fewer, longer model calls; the scores
+    are the same.
 
     ``sever="mlp"`` (or ``"attn"``) freezes that module's outputs at the restored token to their
     corrupted values in all layers (paper §2.2, Fig. 3) — the values of the *same* noise draw, as the
@@ -408,20 +421,16 @@ def trace(
     # changes nothing: those cells score the corrupted run's probability and need no pass.
     scores = torch.zeros(n_tokens, n_layer)
     scores[:b] = corrupted.low
-    passes: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    groups = min(n_layer, layer_groups or _layer_groups(mt))
     for t in range(b, n_tokens):
-        groups = min(n_layer, layer_groups or _layer_groups(mt, n_tokens - t, samples))
-        for l in range(n_layer):
-            start = _group_start(_first_restored(kind, l, window, n_layer), n_layer, groups)
-            passes.setdefault((t, start), []).append((t, l))
-    for (t, start), cells in passes.items():
-        per_pass = _rows_per_pass(mt, n_tokens - t, samples, memory_budget) // samples
-        for i in range(0, len(cells), per_pass):
-            chunk = cells[i : i + per_pass]
-            probs = _restoration_pass(mt, setup, corrupted, clean, chunk, t, start, kind, window,
-                                      sever_names)
-            for (_, l), p in zip(chunk, probs.tolist()):
-                scores[t, l] = p
+        starts = [_group_start(_first_block(kind, l, window, n_layer), n_layer, groups)
+                  for l in range(n_layer)]
+        per_walk = _rows_per_pass(mt, n_tokens - t, samples, memory_budget) // samples
+        for first in range(0, n_layer, per_walk):
+            layers = range(first, min(n_layer, first + per_walk))
+            scores[t, layers.start : layers.stop] = _walk(
+                mt, setup, corrupted, clean, layers, starts[layers.start : layers.stop], t, kind,
+                window, sever_names)
     return _result(mt, prompt, subject, kind, setup, scores, corrupted.low, window, sever)
 
 

@@ -15,6 +15,8 @@ def test_bound_counts_only_the_blocks_and_tokens_a_restored_cell_can_change():
     assert exact_skip_bound(2, 2, subject_start=0, samples=1, window=2) == pytest.approx(96 / 27)
     # A subject starting at token 1 leaves only token 1's cells to compute.
     assert exact_skip_bound(2, 2, subject_start=1, samples=1, window=2) == pytest.approx(96 / 9)
+    # The state heatmap alone: 32 reference steps, 2 + 1 needed.
+    assert exact_skip_bound(2, 2, 0, samples=1, window=2, kinds=["state"]) == pytest.approx(32 / 3)
 
 
 def test_more_noise_draws_approach_the_clean_row_free_limit():

@@ -31,7 +31,7 @@ def library_edit(mt, request, hparams, templates, cov, **changes):
 def looped_edit_reversed_kl(mt, request, hp, templates, cov):
     """A learner's ROME written row by row (as solutions/05_capstone_rome.ipynb), with one mistake:
     KL(P_orig ‖ P_edit) in the v* loss."""
-    name, layer = mt.layout.mlp_out_at(hp.layer), hp.layer
+    name = mt.layout.mlp_out_at(hp.layer)
     tgt = mt.tokenizer(" " + request["target_new"]["str"].strip(), add_special_tokens=False)["input_ids"]
 
     def run(template, prompt, extra, delta):

@@ -15,7 +15,7 @@ from rome_lib import checks
 from rome_lib.checks import editing as ce
 from rome_lib.evaluation import object_probs
 from rome_lib.hooks import hook_modules
-from rome_lib.rome import fill, weight_as_out_in
+from rome_lib.rome import fill
 
 from .check_helpers import mt, verdict  # noqa: F401 - mt is a fixture
 

@@ -4,7 +4,6 @@ they say they score, and flag an edit that breaks the model."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import pytest
 import torch

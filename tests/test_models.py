@@ -32,6 +32,22 @@ def test_loader_round_trip_keeps_weights_and_runs(tiny_gptj, tmp_path, tokenizer
     assert mt.tokenizer.pad_token is not None and mt.device == torch.device("cpu")
 
 
+def test_output_head_gets_a_dense_input_and_the_same_logits(tiny_gptj, tokenizer):
+    """logits_to_keep slices a strided view; load_model hands the head a dense copy (a CPU product
+    over the strided view is ~8x slower), and the logits stay those of the full pass."""
+    mt = tiny_gptj
+    ids = tokenizer("Michael Jordan plays the sport of", return_tensors="pt")["input_ids"]
+    seen = []
+    handle = mt.model.get_output_embeddings().register_forward_hook(
+        lambda _m, args, _out: seen.append(args[0].is_contiguous()))
+    try:
+        last = mt.model(ids.repeat(3, 1), logits_to_keep=1).logits[:, -1]
+    finally:
+        handle.remove()
+    assert seen == [True]
+    torch.testing.assert_close(last, mt.model(ids.repeat(3, 1)).logits[:, -1], rtol=1e-5, atol=1e-5)
+
+
 def test_unknown_model_name_is_a_clear_error():
     with pytest.raises(ModelNotAvailableError, match="Unknown model 'gpt5'.*load_model\\('toy'\\)"):
         load_model("gpt5")

@@ -48,10 +48,12 @@ def test_sweep_edits_at_each_layer_after_one_pass_for_c(monkeypatch, tmp_path):
     monkeypatch.setattr(sweep, "evaluate", lambda mt, records, method, hparams, **kw:
                         layers_edited.append(hparams.layer) or real_evaluate(mt, records, method,
                                                                              hparams=hparams, **kw))
-    out = sweep.sweep_layers(mt, records, [2, 4], hparams=hp, progress=False)
-    assert passes == [[2, 4]] and layers_edited == [2, 4]
+    partial = []  # what a long sweep keeps after each layer
+    out = sweep.sweep_layers(mt, records, [4, 2], hparams=hp, progress=False,
+                             on_layer=lambda o: partial.append([r["layer"] for r in o["results"]]))
+    assert passes == [[4, 2]] and layers_edited == [4, 2] and partial == [[4], [4, 2]]
     assert len(list((tmp_path / "stats").iterdir())) == 2  # one cached C per layer
-    assert [r["layer"] for r in out["results"]] == [2, 4] and out["n"] == 2
+    assert [r["layer"] for r in out["results"]] == [4, 2] and out["n"] == 2
     assert all(0 <= r[k] <= 100 for r in out["results"] for k in sweep.SCORES)
 
 

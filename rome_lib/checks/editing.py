@@ -34,7 +34,7 @@ from ..rome import (
 from ..tokens import token_span, top_next_token
 from ..tracing import encode, find_subject_range, known_facts
 from .common import as_float as _as_float, counterfact_records, check_model as _model, n_tokens as _n_tokens, show as _show
-from .verdict import PASSED, failed as _failed, passed as _passed, verdict as _verdict
+from .verdict import failed as _failed, passed as _passed, verdict as _verdict
 
 # Few, short context templates keep the checks fast; the bare prompt comes first, as in ROME.
 TEMPLATES = ["{}", "It was late in the evening. {}", "Here is a fact. {}"]
