@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from rome_lib import checks
 from rome_lib.checks import editing as ce
+from rome_lib.checks.verdict import PASSED
 from rome_lib.evaluation import object_probs
 from rome_lib.hooks import hook_modules
 from rome_lib.rome import fill
@@ -52,7 +53,7 @@ def compute_k(mt, prompt, subject, layer, templates, *, at="last", module="out",
     (dict(reduce="sum"), "summed the keys"),
 ])
 def test_check_compute_k(mt, capsys, kwargs, hint):
-    assert verdict(capsys, checks.check_compute_k, compute_k, mt) == (True, ce.PASSED + "\n")
+    assert verdict(capsys, checks.check_compute_k, compute_k, mt) == (True, PASSED + "\n")
     ok, out = verdict(capsys, checks.check_compute_k, lambda *a: compute_k(*a, **kwargs), mt)
     assert not ok and hint in out, out
 
@@ -122,7 +123,7 @@ def test_v_loss_case_has_a_multi_token_target(mt):
     (dict(everywhere=True), "added δ at every position"),
 ])
 def test_check_v_loss(mt, capsys, kwargs, hint):
-    assert verdict(capsys, checks.check_v_loss, v_loss, mt) == (True, ce.PASSED + "\n")
+    assert verdict(capsys, checks.check_v_loss, v_loss, mt) == (True, PASSED + "\n")
     ok, out = verdict(capsys, checks.check_v_loss, lambda *a, **k: v_loss(*a, **k, **kwargs), mt)
     assert not ok and hint in out, out
 
@@ -162,7 +163,7 @@ def rank_one(weight, bias, k, v, cov, transposed, *, sign=1, inverse=True, trans
     (dict(inverse=False), "forgot C⁻¹"),
 ])
 def test_check_rank_one_update(capsys, kwargs, hint):
-    assert verdict(capsys, checks.check_rank_one_update, rank_one) == (True, ce.PASSED + "\n")
+    assert verdict(capsys, checks.check_rank_one_update, rank_one) == (True, PASSED + "\n")
     ok, out = verdict(capsys, checks.check_rank_one_update, lambda *a: rank_one(*a, **kwargs))
     assert not ok and hint in out, out
 
@@ -268,7 +269,7 @@ def test_score_checks_name_each_mistake(mt, capsys, check, fn, mistake, hint):
 @pytest.mark.parametrize("check, fn", [(checks.check_efficacy, efficacy),
                                        (checks.check_neighborhood, neighborhood)])
 def test_score_checks_accept_correct_variants(mt, capsys, check, fn):
-    assert verdict(capsys, check, fn, mt) == (True, ce.PASSED + "\n")
+    assert verdict(capsys, check, fn, mt) == (True, PASSED + "\n")
     assert verdict(capsys, check, lambda m, r: fn(m, r, how="hand"), mt)[0]  # written out by hand
     assert verdict(capsys, check, lambda m, r: torch.tensor(fn(m, r)), mt)[0]  # a 0-d tensor
 
@@ -316,7 +317,7 @@ def edit_weight(module, new_weight):
 
 
 def test_check_undo(capsys):
-    assert verdict(capsys, checks.check_undo, edit_weight) == (True, ce.PASSED + "\n")
+    assert verdict(capsys, checks.check_undo, edit_weight) == (True, PASSED + "\n")
 
     def no_copy(module, new_weight):
         original = module.weight.data  # a view of the same storage, overwritten below
@@ -342,7 +343,7 @@ def test_check_undo(capsys):
         return lambda: module.weight.data.sub_(delta)
 
     ok, out = verdict(capsys, checks.check_undo, subtracts)
-    assert not ok and ("bit for bit" in out or ce.PASSED in out), out
+    assert not ok and ("bit for bit" in out or PASSED in out), out
 
 
 def test_checks_are_reexported():
