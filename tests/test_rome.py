@@ -545,3 +545,22 @@ def test_update_must_be_official_or_consistent():
     with pytest.raises(ValueError, match="official, consistent"):
         ROMEHyperParams(layer=0, update="r-rome")
     assert ROMEHyperParams(layer=0).update == "official"
+
+
+def test_compute_v_loop_optimises_the_reference_loss(toy, toy_case):
+    """compute_v runs the batched δ loop of rome_lib.deltas; the loss it records at its final δ
+    equals the plain reference v_loss (which the checks and lesson 05 use) at that δ: NLL and KL."""
+    request, templates, _ = toy_case
+    rw = normalize_request(request)
+    hp = replace(TOY_HP, v_num_grad_steps=4, early_stop_loss=0.0)
+    _, v_star, info = compute_v(toy, rw, hp, templates)
+    _, values = keys_and_values(toy, rw["prompt"], rw["subject"], hp.layer, ["{}"])
+    delta = v_star - values[0]  # official: v* = m_bare + δ
+    assert delta.norm() > 0.1
+    tgt = toy.tokenizer(" " + rw["target_new"]["str"].strip(), add_special_tokens=False)["input_ids"]
+    assert list(tgt) == list(info["target_ids"])
+    problem = v_problem(toy, rw["prompt"], rw["subject"], tgt, templates, hp.kl_prompt)
+    terms = v_loss(toy, problem, hp.layer, delta, kl_factor=hp.kl_factor)
+    last = info["history"][-1]
+    assert terms.nll_each.mean().item() == pytest.approx(last["nll"], rel=1e-4)
+    assert hp.kl_factor * terms.kl.item() == pytest.approx(last["kl"], rel=1e-3, abs=1e-7)
