@@ -53,7 +53,7 @@ def main() -> None:
     load_before = os.getloadavg()
     watch = Stopwatch()
     templates = watch("context templates", context_templates, mt, hp.context_lengths,
-                      hp.context_top_k, hp.seed)
+                      hp.context_top_k, hp.seed, hp.context_starts)
     _, states = watch("keys and states (first)", keys_and_states, mt, requests, hp.layers[0],
                       hp.layers[-1], templates)
     z, _ = watch("targets z", compute_targets, mt, requests, hp, templates, states)

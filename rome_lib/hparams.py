@@ -50,7 +50,8 @@ class EditHyperParams:
         ``kl_prompt`` -- the edited distribution first, as the paper's eq. 4 and the official code.
     mom2_*: the key statistics C (see :mod:`rome_lib.covariance`); ``mom2_adjustment=False`` uses C = I.
         ``mom2_corpus`` None means the embedded model's own corpus for "toy" and an error otherwise.
-    context_*: the prefixes sampled from the model: (generated tokens, how many) pairs, top-k, seed.
+    context_*: the prefixes sampled from the model: (tokens, how many) pairs, top-k, seed, and the
+        words they start from (none: after the BOS/EOS token; see :func:`rome_lib.rome.context_templates`).
     """
 
     v_num_grad_steps: int = 20
@@ -65,6 +66,7 @@ class EditHyperParams:
     mom2_n_samples: int | None = 100_000
     context_lengths: tuple[tuple[int, int], ...] = ((4, 10), (9, 10))
     context_top_k: int = 5
+    context_starts: tuple[str, ...] = ()
     seed: int = 0
 
 
@@ -168,9 +170,11 @@ class MEMITHyperParams(EditHyperParams):
     v_* / clamp_norm_factor / kl_* / early_stop_loss (:class:`EditHyperParams`): the z optimisation,
         the same loss and loop as ROME's v* (:mod:`rome_lib.deltas`); the decay and the clamp are scaled by the residual stream's norm,
         hence the official clamp of 0.75 instead of ROME's 4.
-    context_lengths: official MEMIT samples 5 prefixes of 10 tokens (plus the bare prompt); its keys
-        average the bare prompt and the mean of the prefixed prompts with equal weight (official
-        ``compute_ks`` averages within each group of templates, then over the groups).
+    context_lengths, context_starts: official MEMIT samples 5 prefixes of 10 tokens, one starting
+        with each of "The", "Therefore", "Because", "I", "You" (the word's tokens count in the 10),
+        plus the bare prompt; its keys average the bare prompt and the mean of the prefixed prompts
+        with equal weight (official ``compute_ks`` averages within each group of templates, then
+        over the groups).
     batch_size: facts per batch of the z optimisation (ours: it changes only speed and memory).
     """
 
@@ -178,6 +182,7 @@ class MEMITHyperParams(EditHyperParams):
     mom2_update_weight: float = 15_000.0
     clamp_norm_factor: float = 0.75
     context_lengths: tuple[tuple[int, int], ...] = ((10, 5),)
+    context_starts: tuple[str, ...] = ("The", "Therefore", "Because", "I", "You")
     batch_size: int = 64
 
     def __post_init__(self) -> None:
@@ -214,12 +219,18 @@ class MEMITHyperParams(EditHyperParams):
 # below P(new) 0.5 (mean 0.93) and the batch scores S / ES / PS / NS 81.7 / 94 / 72 / 82.1; with 25
 # steps none (mean 0.96): 82.5 / 96 / 72.5 / 82.2 (30 steps: 82.7 / 96 / 73.5 / 81.6; 40 steps with
 # λ 50: ES 94; clamp 1.0: ES 91).
+# The toy's context templates (ours): prefixes after <|endoftext|>, as ROME's, not after the official
+# five words -- the toy's tokenizer cuts "Therefore", "Because" and "You" into 4, 6 and 2 pieces, so
+# those prefixes are mostly word fragments. On the same 100 facts, seeds 0 / 1 / 2 (S / ES / PS / NS):
+# after <|endoftext|> 82.5 / 96 / 72.5 / 82.2, 81.4 / 96 / 71 / 81.0, 81.3 / 93 / 72 / 81.6; after
+# the five words 81.8 / 94 / 75 / 78.6, 81.3 / 91 / 75.5 / 79.1, 81.5 / 92 / 73.5 / 81.1: the same S,
+# the words trade 3 points of ES and 2 of NS for 3 of PS (docs/PAPER_VS_CODE.md, M1).
 TOY_MEMIT_LAYERS = (0, 1, 2, 3)
 TOY_MEMIT_LAMBDA = 100.0
 TOY_MEMIT_STEPS = 25
 MEMIT_PRESETS: dict[str, MEMITHyperParams] = {
     "toy": MEMITHyperParams(layers=TOY_MEMIT_LAYERS, mom2_update_weight=TOY_MEMIT_LAMBDA,
-                            v_num_grad_steps=TOY_MEMIT_STEPS, mom2_n_samples=None),
+                            v_num_grad_steps=TOY_MEMIT_STEPS, mom2_n_samples=None, context_starts=()),
     "gpt2-xl": MEMITHyperParams(layers=(13, 14, 15, 16, 17), mom2_update_weight=20_000.0),
     "gpt-j-6b": MEMITHyperParams(layers=(3, 4, 5, 6, 7, 8), mom2_update_weight=15_000.0,
                                  v_num_grad_steps=25),

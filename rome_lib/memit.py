@@ -186,7 +186,8 @@ def apply_memit(
     layers, z_layer = hparams.layers, hparams.layers[-1]
     names = [mt.layout.mlp_out_at(layer) for layer in layers]  # IndexError for a bad layer
     if templates is None:
-        templates = context_templates(mt, hparams.context_lengths, hparams.context_top_k, hparams.seed)
+        templates = context_templates(mt, hparams.context_lengths, hparams.context_top_k, hparams.seed,
+                                      hparams.context_starts)
     covs = dict(covs or {})
     for layer in layers:
         if layer not in covs:

@@ -50,8 +50,8 @@ from .edits import (  # noqa: F401  (re-exported: rome_lib.rome.Edit etc. keep w
 )
 from .hooks import get_module, hook_modules
 from .hparams import ROMEHyperParams
-from .models import LoadedModel
-from .tokens import token_span
+from .models import LoadedModel, forward_with_cache
+from .tokens import sample_top_k, token_span
 
 
 def _last_token_in(tokenizer, text: str, start: int, end: int) -> tuple[list[int], int]:
@@ -76,9 +76,20 @@ _TEMPLATE_CACHE: dict[tuple, list[str]] = {}
 
 
 @torch.no_grad()
-def sample_prefixes(mt: LoadedModel, n: int, length: int, top_k: int, generator: torch.Generator) -> list[str]:
-    """``n`` texts of ``length`` tokens sampled from the model (top-k) after its BOS/EOS token."""
-    return sample_corpus(mt, n, length, top_k=top_k, generator=generator, batch_size=n, progress=False)
+def sample_prefixes(mt: LoadedModel, n: int, length: int, top_k: int, generator: torch.Generator,
+                    start: str | None = None) -> list[str]:
+    """``n`` texts sampled from the model (top-k): ``length`` tokens after its BOS/EOS token, or,
+    given ``start``, texts that begin with ``start`` and have ``length`` tokens counting its own
+    (official MEMIT's ``generate_fast(..., ["The", ...], max_out_len=10)``)."""
+    if start is None:
+        return sample_corpus(mt, n, length, top_k=top_k, generator=generator, batch_size=n, progress=False)
+    ids = torch.tensor([mt.tokenizer(start)["input_ids"]] * n)
+    x, past, new = ids.to(mt.device), None, []
+    for _ in range(length - ids.shape[1]):
+        logits, past = forward_with_cache(mt.model, x, past)
+        new.append(sample_top_k(logits[:, -1].float().cpu(), top_k, generator))
+        x = new[-1].to(mt.device)
+    return mt.tokenizer.batch_decode(torch.cat([ids, *new], 1), skip_special_tokens=True)
 
 
 def context_templates(
@@ -86,20 +97,31 @@ def context_templates(
     lengths: Sequence[tuple[int, int]] = ((4, 10), (9, 10)),
     top_k: int = 5,
     seed: int = 0,
+    starts: Sequence[str] = (),
 ) -> list[str]:
     """``["{}", "<prefix>. {}", ...]``: prefixes sampled from ``mt`` (seeded), cached per model.
 
-    ``lengths`` lists (generated tokens, count) pairs. Official: 10 of 4 tokens and 10 of 9 tokens,
-    top-k 5 -- its ``generate_fast`` stops when the sequence, *including* the ``<|endoftext|>`` it
-    starts from, reaches ``max_out_len`` 5 or 10. As there, each prefix is NFKD-normalised with
-    blank lines turned into spaces; braces become spaces so the template has one placeholder.
+    ``lengths`` lists (tokens, count) pairs. Without ``starts`` (ROME), the prefixes follow the
+    model's BOS/EOS token. Official ROME: 10 of 4 tokens and 10 of 9 tokens, top-k 5 -- its
+    ``generate_fast`` stops when the sequence, *including* the ``<|endoftext|>`` it starts from,
+    reaches ``max_out_len`` 5 or 10. With ``starts`` (official MEMIT: "The", "Therefore",
+    "Because", "I", "You"), each pair's count is split evenly over the start words and each prefix
+    is the start word and what follows it, ``tokens`` long in all. As there, each prefix is
+    NFKD-normalised with blank lines turned into spaces; braces become spaces so the template has
+    one placeholder.
     """
-    key = (mt.name, id(mt.model), tuple(map(tuple, lengths)), top_k, seed)
+    starts = tuple(starts)
+    key = (mt.name, id(mt.model), tuple(map(tuple, lengths)), top_k, seed, starts)
     if key not in _TEMPLATE_CACHE:
         generator = torch.Generator().manual_seed(seed)
         templates = ["{}"]
         for length, count in lengths:
-            for text in sample_prefixes(mt, count, length, top_k, generator):
+            if starts and count % len(starts):
+                raise ValueError(f"{count} prefixes cannot be split evenly over {len(starts)} start words.")
+            texts = ([t for s in starts for t in sample_prefixes(mt, count // len(starts), length, top_k,
+                                                                  generator, start=s)]
+                     if starts else sample_prefixes(mt, count, length, top_k, generator))
+            for text in texts:
                 text = unicodedata.normalize("NFKD", text).replace("\n\n", " ")
                 templates.append(text.replace("{", " ").replace("}", " ") + ". {}")
         _TEMPLATE_CACHE[key] = templates
@@ -355,7 +377,8 @@ def apply_rome(
     tgt = target_ids(mt, request["target_new"]["str"])
     warn_if_already_predicted(mt, request, tgt)
     if templates is None:
-        templates = context_templates(mt, hparams.context_lengths, hparams.context_top_k, hparams.seed)
+        templates = context_templates(mt, hparams.context_lengths, hparams.context_top_k, hparams.seed,
+                                      hparams.context_starts)
     if hparams.mom2_adjustment and cov is None:
         cov = get_cov(mt, hparams, progress)
     elif not hparams.mom2_adjustment:

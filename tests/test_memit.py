@@ -83,6 +83,10 @@ def test_hyperparameters():
     assert MEMITHyperParams.for_model("EleutherAI/gpt-j-6b").layers == (3, 4, 5, 6, 7, 8)
     assert MEMITHyperParams.for_model("EleutherAI/gpt-j-6b").mom2_update_weight == 15_000
     assert MEMITHyperParams.for_model("unknown", n_layer=12).layers == (2, 3, 4)
+    official = ("The", "Therefore", "Because", "I", "You")  # official get_context_templates
+    assert MEMITHyperParams.for_model("gpt2-xl").context_starts == official
+    assert MEMITHyperParams.for_model("unknown", n_layer=12).context_starts == official
+    assert MEMITHyperParams.for_model("toy").context_starts == ()  # ours: hparams.py, M1
     with pytest.raises(ValueError, match="increasing"):
         MEMITHyperParams(layers=(3, 2))
     with pytest.raises(ValueError, match="λ"):

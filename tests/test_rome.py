@@ -305,6 +305,28 @@ def test_context_templates_have_the_official_lengths(tiny_gpt2, monkeypatch):
     rome._TEMPLATE_CACHE.clear()
 
 
+def test_context_templates_can_start_from_words(tiny_gpt2, monkeypatch):
+    """Official MEMIT: one prefix after each of "The", "Therefore", "Because", "I", "You", 10 tokens
+    long *counting* the word's own (generate_fast's max_out_len 10)."""
+    from rome_lib import rome
+
+    words = ("The", "Therefore", "Because", "I", "You")
+    sampled = []
+    real = rome.sample_top_k
+    monkeypatch.setattr(rome, "sample_top_k", lambda logits, *a: sampled.append(len(logits)) or
+                        real(logits, *a))
+    rome._TEMPLATE_CACHE.clear()
+    t = context_templates(tiny_gpt2, ((10, 5),), 5, seed=0, starts=words)
+    assert len(t) == 6 and t[0] == "{}"
+    assert all(tpl.startswith(w) and tpl.endswith(". {}") for w, tpl in zip(words, t[1:]))
+    pieces = [len(tiny_gpt2.tokenizer(w)["input_ids"]) for w in words]
+    assert sampled == [1] * sum(10 - p for p in pieces)  # one row per word, up to 10 tokens in all
+    assert t != context_templates(tiny_gpt2, ((10, 5),), 5, seed=0)  # after <|endoftext|>
+    with pytest.raises(ValueError, match="evenly"):
+        context_templates(tiny_gpt2, ((10, 4),), 5, seed=0, starts=words)
+    rome._TEMPLATE_CACHE.clear()
+
+
 def test_keys_at_last_subject_token(tiny_gpt2):
     """The key read for a template is the key at the subject's last token of that text."""
     mt = tiny_gpt2
