@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import unicodedata
 import warnings
+import weakref
 from dataclasses import dataclass, replace
 from typing import Sequence
 
@@ -72,7 +73,9 @@ def fill(template: str, prompt: str, subject: str) -> tuple[str, int, int]:
 # ----------------------------------------------------------------------------------------------
 # Context templates
 # ----------------------------------------------------------------------------------------------
-_TEMPLATE_CACHE: dict[tuple, list[str]] = {}
+# Caches keyed by the model object itself, held weakly: its entries go when the model does, so a model
+# loaded later at the same address (same id()) never reads another model's templates or C.
+_TEMPLATE_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @torch.no_grad()
@@ -111,8 +114,9 @@ def context_templates(
     one placeholder.
     """
     starts = tuple(starts)
-    key = (mt.name, id(mt.model), tuple(map(tuple, lengths)), top_k, seed, starts)
-    if key not in _TEMPLATE_CACHE:
+    cache = _TEMPLATE_CACHE.setdefault(mt.model, {})
+    key = (tuple(map(tuple, lengths)), top_k, seed, starts)
+    if key not in cache:
         generator = torch.Generator().manual_seed(seed)
         templates = ["{}"]
         for length, count in lengths:
@@ -124,8 +128,8 @@ def context_templates(
             for text in texts:
                 text = unicodedata.normalize("NFKD", text).replace("\n\n", " ")
                 templates.append(text.replace("{", " ").replace("}", " ") + ". {}")
-        _TEMPLATE_CACHE[key] = templates
-    return list(_TEMPLATE_CACHE[key])
+        cache[key] = templates
+    return list(cache[key])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -336,7 +340,7 @@ def rank_one_update(weight: torch.Tensor, transposed: bool, k_star: torch.Tensor
 # ----------------------------------------------------------------------------------------------
 # The whole edit
 # ----------------------------------------------------------------------------------------------
-_COV_CACHE: dict[tuple, torch.Tensor] = {}
+_COV_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {key: C}, as above
 
 
 def get_cov(mt: LoadedModel, hparams: ROMEHyperParams, progress: bool = True,
@@ -346,11 +350,12 @@ def get_cov(mt: LoadedModel, hparams: ROMEHyperParams, progress: bool = True,
     if not hparams.mom2_adjustment:
         return None
     layer = hparams.layer if layer is None else layer
-    key = (mt.name, id(mt.model), layer, hparams.mom2_corpus, hparams.mom2_n_samples)
-    if key not in _COV_CACHE:
-        _COV_CACHE[key] = layer_stats(mt, layer, corpus=hparams.mom2_corpus,
-                                      n_samples=hparams.mom2_n_samples, progress=progress)
-    return _COV_CACHE[key]
+    cache = _COV_CACHE.setdefault(mt.model, {})
+    key = (layer, hparams.mom2_corpus, hparams.mom2_n_samples)
+    if key not in cache:
+        cache[key] = layer_stats(mt, layer, corpus=hparams.mom2_corpus,
+                                 n_samples=hparams.mom2_n_samples, progress=progress)
+    return cache[key]
 
 
 def apply_rome(

@@ -18,7 +18,7 @@ from rome_lib.hooks import get_module
 from rome_lib.hparams import ROMEHyperParams
 from rome_lib.models import LoadedModel, load_model
 from rome_lib.rome import (
-    EditOrderError, active_edits, apply_rome, compute_v, context_templates, keys_and_values,
+    EditOrderError, active_edits, apply_rome, compute_v, context_templates, get_cov, keys_and_values,
     normalize_request, project, rank_one_update, undo_all, v_loss, v_problem, weight_as_out_in,
 )
 from tests.conftest import SENTENCES
@@ -325,6 +325,30 @@ def test_context_templates_can_start_from_words(tiny_gpt2, monkeypatch):
     with pytest.raises(ValueError, match="evenly"):
         context_templates(tiny_gpt2, ((10, 4),), 5, seed=0, starts=words)
     rome._TEMPLATE_CACHE.clear()
+
+
+def test_caches_go_with_their_model(tiny_gpt2, monkeypatch):
+    """Templates and C are cached per model *object*, held weakly: once a model is gone its entries
+    are too, so a model loaded later at the same address never reads them (an id()-keyed cache could
+    hand it another model's C)."""
+    import gc
+    import weakref
+
+    from rome_lib import rome
+
+    monkeypatch.setattr(rome, "layer_stats", lambda mt, layer, **kw: torch.eye(4) * (layer + 1))
+    mt = load_model(tiny_gpt2.name, device="cpu")  # a second model object, same weights
+    context_templates(mt, ((3, 2),), 5, seed=0)
+    hp = ROMEHyperParams(layer=1, mom2_corpus="unused")
+    assert get_cov(mt, hp, progress=False) is get_cov(mt, hp, progress=False)  # computed once
+    assert get_cov(tiny_gpt2, hp, progress=False) is not get_cov(mt, hp, progress=False)
+    model = weakref.ref(mt.model)
+    assert model() in rome._TEMPLATE_CACHE and model() in rome._COV_CACHE
+    sizes = len(rome._TEMPLATE_CACHE), len(rome._COV_CACHE)
+    del mt
+    gc.collect()
+    assert model() is None  # the caches did not keep it alive
+    assert (len(rome._TEMPLATE_CACHE), len(rome._COV_CACHE)) == (sizes[0] - 1, sizes[1] - 1)
 
 
 def test_keys_at_last_subject_token(tiny_gpt2):

@@ -31,6 +31,7 @@ import contextlib
 import copy
 import json
 import warnings
+import weakref
 from dataclasses import replace
 from typing import Callable
 from unittest import mock
@@ -98,7 +99,7 @@ def _step_mistake(n_steps: int, delta: int) -> tuple[dict, bool, bool, str]:
 # ----------------------------------------------------------------------------------------------
 # Reference edits (rome_lib's), cached per model, request and setting
 # ----------------------------------------------------------------------------------------------
-_WEIGHTS: dict[tuple, torch.Tensor] = {}
+_WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {key: weight}; goes with it
 
 
 @contextlib.contextmanager
@@ -114,14 +115,15 @@ def _kl_reversed():
 def _edited_weight(mt: LoadedModel, request: dict, hp: ROMEHyperParams, templates: list[str],
                    cov: torch.Tensor, reverse_kl: bool = False) -> torch.Tensor:
     """The stored weight (float32) that rome_lib's ROME writes for ``request``; the model is restored."""
-    key = (id(mt.model), json.dumps(request, sort_keys=True), hp, tuple(templates), reverse_kl)
-    if key not in _WEIGHTS:
+    cache = _WEIGHTS.setdefault(mt.model, {})
+    key = (json.dumps(request, sort_keys=True), hp, tuple(templates), reverse_kl)
+    if key not in cache:
         with warnings.catch_warnings(), (_kl_reversed() if reverse_kl else contextlib.nullcontext()):
             warnings.simplefilter("ignore")
             with apply_rome(mt, request, hp, cov=cov, templates=templates) as edit:
                 (param,) = edit.parameters().values()
-                _WEIGHTS[key] = param.detach().float().cpu().clone()
-    return _WEIGHTS[key]
+                cache[key] = param.detach().float().cpu().clone()
+    return cache[key]
 
 
 def capstone_records(mt: LoadedModel) -> list[dict]:

@@ -17,6 +17,7 @@ import contextlib
 import copy
 import itertools
 import json
+import weakref
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
@@ -597,7 +598,8 @@ class EditedModel:
     so that scores are checked on an edited model too. The edited weights are computed once per
     model and record, then copied in (as an :class:`~rome_lib.rome.Edit`, so undo is exact)."""
 
-    _weights: dict[tuple[int, str], tuple[int, dict[str, torch.Tensor]]] = {}
+    # model -> {request: (layer, weights)}, held weakly: the entries go with the model.
+    _weights: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def __init__(self, mt: LoadedModel, record: dict):
         self.mt, self.record = mt, record
@@ -606,9 +608,9 @@ class EditedModel:
         import warnings
 
         request = self.record["requested_rewrite"]
-        key = (id(self.mt), json.dumps(request, sort_keys=True))
-        if key in self._weights:
-            layer, weights = self._weights[key]
+        cache, key = self._weights.setdefault(self.mt.model, {}), json.dumps(request, sort_keys=True)
+        if key in cache:
+            layer, weights = cache[key]
             self.edit = Edit.begin(self.mt, "rome", request, layer, list(weights))
             with torch.no_grad():
                 for name, param in self.edit.parameters().items():
@@ -618,7 +620,7 @@ class EditedModel:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.edit = apply_rome(self.mt, request, hp, templates=TEMPLATES)
-        self._weights[key] = (self.edit.layer, {n: p.detach().clone()
+        cache[key] = (self.edit.layer, {n: p.detach().clone()
                                                 for n, p in self.edit.parameters().items()})
         return self
 
