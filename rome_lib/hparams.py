@@ -118,6 +118,10 @@ ROME_PRESETS: dict[str, ROMEHyperParams] = {
 }
 
 
+# FT+L's L∞ bound ε in the official hparams/FT/*_constr.json (all at layer 0, lr 5e-4, 25 steps).
+OFFICIAL_FT_L_EPSILON = {"gpt2-medium": 2e-3, "gpt2-large": 1e-3, "gpt2-xl": 5e-4, "gpt-j-6b": 5e-5}
+
+
 @dataclass(frozen=True)
 class FTHyperParams:
     """Fine-tuning of one layer's MLP output-projection weight on the new fact.
@@ -136,17 +140,19 @@ class FTHyperParams:
 
     @classmethod
     def for_model(cls, name: str, constrained: bool, n_layer: int | None = None) -> "FTHyperParams":
-        """Official values for GPT-2 XL / GPT-J (``hparams/FT``, paper App. E.1): 25 steps, lr 5e-4;
-        FT at layer 1 (GPT-2 XL) / 21 (GPT-J), FT+L at layer 0 with ε = 5e-4 (GPT-2 XL) / 5e-5 (GPT-J).
+        """Official values (``hparams/FT``, paper App. E.1): 25 steps, lr 5e-4; FT at layer 1 (GPT-2 XL)
+        / 21 (GPT-J); FT+L at layer 0 with ε = 2e-3 (gpt2-medium), 1e-3 (gpt2-large), 5e-4 (GPT-2 XL),
+        5e-5 (GPT-J).
 
-        Smaller models (toy, gpt2 ... gpt2-large, others) fine-tune the ROME preset's layer, so the
-        comparison isolates the method; with their smaller weights 5e-4 barely moves the fact, so FT
-        uses lr 1e-2 and FT+L lr 5e-3 with ε = 5e-3 (same 25 steps).
+        Ours for the rest (the toy, gpt2, other models, and unconstrained FT on gpt2-medium/-large,
+        which have no official file): the ROME preset's layer, so the comparison isolates the method;
+        with their smaller weights 5e-4 barely moves the fact, so FT uses lr 1e-2 and FT+L lr 5e-3
+        with ε = 5e-3 (same 25 steps).
         """
         key = name.split("/")[-1].lower()
-        if key in ("gpt2-xl", "gpt-j-6b"):
-            if constrained:
-                return cls(layer=0, norm_constraint=5e-4 if key == "gpt2-xl" else 5e-5)
+        if constrained and key in OFFICIAL_FT_L_EPSILON:
+            return cls(layer=0, norm_constraint=OFFICIAL_FT_L_EPSILON[key])
+        if key in ("gpt2-xl", "gpt-j-6b") and not constrained:
             return cls(layer=1 if key == "gpt2-xl" else 21)
         layer = ROMEHyperParams.for_model(name, n_layer).layer
         if constrained and key == "toy":
@@ -239,5 +245,5 @@ MEMIT_PRESETS: dict[str, MEMITHyperParams] = {
 }
 
 
-__all__ = ["EditHyperParams", "UPDATES", "TOY_LAYER", "TOY_CLAMP", "SMOLLM2_LAYER", "ROMEHyperParams", "ROME_PRESETS", "FTHyperParams",
+__all__ = ["EditHyperParams", "UPDATES", "TOY_LAYER", "TOY_CLAMP", "SMOLLM2_LAYER", "ROMEHyperParams", "ROME_PRESETS", "OFFICIAL_FT_L_EPSILON", "FTHyperParams",
            "MEMITHyperParams", "MEMIT_PRESETS", "TOY_MEMIT_LAYERS", "TOY_MEMIT_LAMBDA", "TOY_MEMIT_STEPS"]

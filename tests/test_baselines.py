@@ -116,6 +116,9 @@ def test_presets_and_bad_requests(tiny_gpt2):
     assert FTHyperParams.for_model("gpt2-xl", constrained=False).layer == 1
     gptj_ft, gptj_ftl = (FTHyperParams.for_model("EleutherAI/gpt-j-6B", c) for c in (False, True))
     assert (gptj_ft.layer, gptj_ftl.layer, gptj_ftl.norm_constraint) == (21, 0, 5e-5)
+    for name, eps in (("gpt2-medium", 2e-3), ("gpt2-large", 1e-3)):  # hparams/FT/<name>_constr.json
+        ftl = FTHyperParams.for_model(name, constrained=True)
+        assert (ftl.layer, ftl.num_steps, ftl.lr, ftl.norm_constraint) == (0, 25, 5e-4, eps)
     assert FTHyperParams.for_model("toy", constrained=False).layer == ROMEHyperParams.for_model("toy").layer
     with pytest.raises(ValueError, match="placeholder"):
         apply_ft(tiny_gpt2, {**REQUEST, "prompt": "Michael Jordan plays"}, HP)
