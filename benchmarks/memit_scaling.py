@@ -1,6 +1,7 @@
-"""Scaling study: ES / PS / NS / S after 1, 10, 100 and 1,000 edits on the toy -- MEMIT in one batch
-versus ROME (official and consistent updates) and FT+L applied one after another -- and whether the
-edits break the model (held-out NLL after every edit, generation entropy GE; rome_lib.mass_editing).
+"""Scaling study: ES / PS / NS / S after 1, 10, 100 and 1,000 edits on the toy (or another model
+and records file) -- MEMIT in one batch versus ROME (official and consistent updates) and FT+L applied
+one after another -- and whether the edits break the model (held-out NLL after every edit,
+generation entropy GE; rome_lib.mass_editing).
 
     # each method is its own process and file (run them in parallel, or one by one):
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 nice -n 10 python benchmarks/memit_scaling.py --method rome
@@ -13,6 +14,12 @@ up to the largest size (``--max`` caps it), scored after each size on every reco
 its file is rewritten after every checkpoint, so a run stopped early keeps the sizes it reached. The
 first N records of the toy set repeat subjects (1,352 records, 299 subjects): same-subject facts
 share MEMIT's key, so the JSON also counts distinct subjects per size.
+
+SmolLM2 (its 60 records from benchmarks/smollm2_reproduce.py; C for MEMIT's layers 1-3 from the
+Wikipedia leads, cached after the first run):
+
+    python benchmarks/memit_scaling.py --model smollm2 --records benchmarks/results/smollm2/records.json \
+        --sizes 1 10 60 --method memit --out benchmarks/results/smollm2/memit   # then rome, ..., --plot
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ def cpu_seconds() -> float:
 
 
 def header(args, sizes: list[int], records: list[dict]) -> dict:
-    return {"model": "toy", "method": METHODS[args.method], "sizes": sizes, "break_nll": BREAK_NLL,
+    return {"model": args.model, "method": METHODS[args.method], "sizes": sizes, "break_nll": BREAK_NLL,
             "distinct_subjects": {n: len({r["requested_rewrite"]["subject"] for r in records[:n]})
                                   for n in sizes},
             "threads": args.threads, "load_average_at_start": os.getloadavg(),
@@ -53,8 +60,9 @@ def header(args, sizes: list[int], records: list[dict]) -> dict:
 
 def run(args, path: Path) -> None:
     torch.set_num_threads(args.threads)
-    mt = load_model("toy", device="cpu")
-    records = json.loads(mt.data_file("counterfact.json").read_text())
+    mt = load_model(args.model, device="cpu")
+    source = Path(args.records) if args.records else mt.data_file("counterfact.json")
+    records = json.loads(source.read_text())
     sizes = sorted(n for n in args.sizes if n <= args.max)
     out = header(args, sizes, records)
     began, cpu0 = time.perf_counter(), cpu_seconds()
@@ -77,7 +85,8 @@ def run(args, path: Path) -> None:
         return
     method, hparams = args.method, None
     if method == "rome-consistent":
-        method, hparams = "rome", dataclasses.replace(ROMEHyperParams.for_model("toy"), update="consistent")
+        method, hparams = "rome", dataclasses.replace(ROMEHyperParams.for_model(args.model, mt.n_layer),
+                                                  update="consistent")
     steps: list[dict] = []
 
     def on_step(step: dict, breaking: list[dict]) -> None:
@@ -99,7 +108,10 @@ def merge(folder: Path) -> dict:
             methods[name] = json.loads(path.read_text())
     if not methods:
         raise SystemExit(f"No scaling_<method>.json in {folder}: run a --method first.")
-    return {"model": "toy", "methods": methods}
+    models = {m.get("model", "toy") for m in methods.values()}
+    if len(models) > 1:
+        raise SystemExit(f"{folder} mixes models {sorted(models)}: one folder per model (--out).")
+    return {"model": models.pop(), "methods": methods}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -124,7 +136,8 @@ def plot(result: dict, path: Path) -> None:
         ax.set_xlabel("edits")
         ax.set_title(key)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=8)
-    fig.suptitle("Toy model: many edits (MEMIT in one batch vs ROME and FT+L one after another)")
+    model = "Toy model" if result["model"] == "toy" else result["model"]
+    fig.suptitle(f"{model}: many edits (MEMIT in one batch vs ROME and FT+L one after another)")
     fig.tight_layout(rect=(0, 0.14, 1, 1))
     fig.savefig(path, dpi=110)
 
@@ -132,6 +145,9 @@ def plot(result: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", choices=sorted(METHODS))
+    parser.add_argument("--model", default="toy", help="toy, smollm2 or a folder (default toy)")
+    parser.add_argument("--records", default=None,
+                        help="a JSON list of CounterFact-style records (default: the model's own set)")
     parser.add_argument("--plot", action="store_true", help="merge the per-method files and draw")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 10, 100, 1000])
     parser.add_argument("--max", type=int, default=1000, help="largest size to run")
