@@ -1,7 +1,8 @@
 """Scaling study: ES / PS / NS / S after 1, 10, 100 and 1,000 edits on the toy (or another model
 and records file) -- MEMIT in one batch versus ROME (official and consistent updates) and FT+L applied
 one after another -- and whether the edits break the model (held-out NLL after every edit,
-generation entropy GE; rome_lib.mass_editing).
+generation entropy GE; rome_lib.mass_editing). The held-out texts are one set for the whole study:
+true statements that name none of the subjects edited at the largest size.
 
     # each method is its own process and file (run them in parallel, or one by one):
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 nice -n 10 python benchmarks/memit_scaling.py --method rome
@@ -36,7 +37,7 @@ from pathlib import Path
 import torch
 
 from rome_lib.hparams import ROMEHyperParams
-from rome_lib.mass_editing import BREAK_NLL, evaluate_batched, evaluate_sequential
+from rome_lib.mass_editing import BREAK_NLL, evaluate_batched, evaluate_sequential, health_texts
 from rome_lib.models import load_model
 
 METRICS = ("S", "ES", "PS", "NS")
@@ -64,7 +65,10 @@ def run(args, path: Path) -> None:
     source = Path(args.records) if args.records else mt.data_file("counterfact.json")
     records = json.loads(source.read_text())
     sizes = sorted(n for n in args.sizes if n <= args.max)
+    # one held-out set for every size: statements naming none of the largest size's subjects
+    health = health_texts(records, records[: sizes[-1]])
     out = header(args, sizes, records)
+    out["heldout_texts"] = health[0]
     began, cpu0 = time.perf_counter(), cpu_seconds()
 
     def save(steps: list[dict], **extra) -> None:
@@ -77,7 +81,8 @@ def run(args, path: Path) -> None:
         steps = []
         for n in sizes:
             t0 = time.perf_counter()
-            r = evaluate_batched(mt, records, "memit", batch=n, n=n, generation=True, progress=False)
+            r = evaluate_batched(mt, records, "memit", batch=n, n=n, generation=True, progress=False,
+                                 health=health)
             steps.append({"edits": n, **{k: r[k] for k in METRICS}, "heldout_nll": r["chunks"][0]["heldout_nll"],
                           "GE": r["chunks"][0]["GE"], "broken": r["broken_chunks"],
                           "seconds": round(time.perf_counter() - t0, 1)})
@@ -95,7 +100,7 @@ def run(args, path: Path) -> None:
         save(steps, breaking_edits=breaking, stopped_at=step["edits"])
 
     r = evaluate_sequential(mt, records, method, n=sizes[-1], checkpoints=sizes, hparams=hparams,
-                            generation=True, progress=args.progress, on_step=on_step)
+                            generation=True, progress=args.progress, on_step=on_step, health=health)
     save(steps, breaking_edits=r["breaking_edits"], stopped_at=sizes[-1], unedited=r["unedited"])
 
 

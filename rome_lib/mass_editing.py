@@ -10,8 +10,9 @@ CounterFact scores of :mod:`rome_lib.evaluation` and a check that the model stil
 
 **Health** (:func:`model_health`), to catch edits that break the model -- the "disabling edits" of
 Gupta et al. 2024 ("Rebuilding ROME"), after which generation collapses into repetition: the mean
-token NLL of held-out texts (true statements from the neighbourhood prompts of the set's last 16
-records, never edited when ``n`` leaves them out) and the generation entropy GE of text generated from their prompts. An edit
+token NLL of held-out texts (:func:`health_texts`: up to 16 true statements from the records'
+neighbourhood prompts that name no edited subject) and the generation entropy GE of text generated
+from their prompts. An edit
 *breaks* the model (ours) when the held-out NLL rises by more than ``break_nll`` (default 0.5
 nats per token): over the unedited model's for a batch, over the NLL just before it in a sequence.
 """
@@ -57,17 +58,24 @@ def undo(edits: Sequence[Edit]) -> None:
         edit.undo()
 
 
-def health_texts(records: Sequence[dict], n: int = 16) -> tuple[list[str], list[str]]:
-    """``(texts, prompts)`` from the last ``n`` records: their neighbourhood prompts completed with
-    the true object (statements about subjects other than the edited ones) and the prompts alone."""
+def health_texts(records: Sequence[dict], edited: Sequence[dict], n: int = 16) -> tuple[list[str], list[str]]:
+    """``(texts, prompts)``: up to ``n`` true statements about subjects that no record of ``edited``
+    rewrites -- the first neighbourhood prompt of each record, from the set's end backwards, completed
+    with its true object -- and the prompts alone. A statement that names an edited subject is
+    skipped: its loss would rise by design (the edit) and hide what the edits cost everything else."""
+    subjects = {r["requested_rewrite"]["subject"] for r in edited}
     prompts, texts = [], []
-    for record in list(records)[-n:]:
+    for record in reversed(list(records)):
         true = " " + record["requested_rewrite"]["target_true"]["str"].strip()
         for prompt in record.get("neighborhood_prompts", [])[:1]:
-            prompts.append(prompt)
-            texts.append(prompt + true)
+            if prompt not in prompts and not any(s in prompt for s in subjects):
+                prompts.append(prompt)
+                texts.append(prompt + true)
+        if len(texts) == n:
+            break
     if not texts:
-        raise ValueError("The records have no neighbourhood prompts to build held-out texts from.")
+        raise ValueError("No neighbourhood prompt of these records avoids every edited subject: "
+                         "no held-out text to check the model's health on.")
     return texts, prompts
 
 
@@ -100,14 +108,18 @@ def _check(records: Sequence[dict], n: int | None) -> list[dict]:
 
 def evaluate_batched(mt: LoadedModel, records: Sequence[dict], method: str = "memit", batch: int = 100,
                      n: int | None = None, *, hparams=None, break_nll: float = BREAK_NLL,
-                     generation: bool = False, progress: bool = True) -> dict:
+                     generation: bool = False, progress: bool = True,
+                     health: tuple[list[str], list[str]] | None = None) -> dict:
     """Chunks of ``batch`` records: edit, score each record, check health (with ``generation``,
     also the generation entropy GE of each edited model), undo. Returns the averages (percent), the
-    chunks' health and how many chunks broke the model."""
+    chunks' health and how many chunks broke the model. ``health`` is ``(texts, prompts)`` to check
+    the model on (default: :func:`health_texts` avoiding the edited subjects); pass one set to
+    compare several calls."""
     if batch < 1:
         raise ValueError("batch must be at least 1.")
-    texts, prompts = health_texts(records)  # the set's last records: never edited when n leaves them out
-    records = _check(records, n)
+    edited = _check(records, n)
+    texts, prompts = health if health is not None else health_texts(records, edited)
+    records = edited
     base = model_health(mt, texts)["heldout_nll"]
     rows, chunks = [], []
     for start in tqdm(range(0, len(records), batch), desc=f"{method}, batches of {batch}",
@@ -132,15 +144,18 @@ def evaluate_sequential(mt: LoadedModel, records: Sequence[dict], method: str = 
                         n: int | None = None, *, checkpoints: Sequence[int] | None = None,
                         batch: int = 1, hparams=None, break_nll: float = BREAK_NLL,
                         generation: bool = True, progress: bool = True,
-                        on_step: Callable[[dict, list[dict]], None] | None = None) -> dict:
+                        on_step: Callable[[dict, list[dict]], None] | None = None,
+                        health: tuple[list[str], list[str]] | None = None) -> dict:
     """Apply the edits one after another (MEMIT: ``batch`` facts per edit) and keep them; after
     each checkpoint (a number of edits; default 1, 10, 100, ... and the last) score every record
     edited so far and the model's health. After every edit the held-out NLL is checked: edits that
     raise it by more than ``break_nll`` over the previous edit are counted as breaking. All edits
     are undone at the end (also on errors). ``on_step(step, breaking)`` is called after each
-    checkpoint, e.g. to save partial results of a long run."""
-    texts, prompts = health_texts(records)  # the set's last records: never edited when n leaves them out
-    records = _check(records, n)
+    checkpoint, e.g. to save partial results of a long run. ``health``: as in
+    :func:`evaluate_batched`."""
+    edited = _check(records, n)
+    texts, prompts = health if health is not None else health_texts(records, edited)
+    records = edited
     total = len(records)
     if checkpoints is None:
         checkpoints = [c for c in (1, 10, 100, 1_000, 10_000) if c < total] + [total]

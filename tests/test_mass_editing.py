@@ -10,7 +10,7 @@ import torch
 
 from rome_lib.__main__ import main
 from rome_lib.hparams import FTHyperParams
-from rome_lib.mass_editing import apply_edits, evaluate_batched, evaluate_sequential, model_health
+from rome_lib.mass_editing import apply_edits, evaluate_batched, evaluate_sequential, health_texts, model_health
 from rome_lib.memit import apply_memit
 from tests.test_memit import HP, TEMPLATES, covs
 from tests.test_rome import assert_params_equal, facts, params_copy
@@ -23,7 +23,7 @@ def records(n):
     for i, q in enumerate(facts(n)):
         out.append({"case_id": i, "requested_rewrite": {**q, "target_true": {"str": "Paris"}},
                     "paraphrase_prompts": ["Here: " + q["prompt"].format(q["subject"])],
-                    "neighborhood_prompts": [q["prompt"].format("The Space Needle")]})
+                    "neighborhood_prompts": [q["prompt"].format("The Louvre")]})  # never edited
     return out
 
 
@@ -110,3 +110,19 @@ def test_cli_memit_batch_and_sequential_on_the_toy(capsys):
                  "--no-generation", "--json", "--device", "cpu"])
     data = json.loads(capsys.readouterr().out)
     assert code == 0 and [s["edits"] for s in data["steps"]] == [1, 2]
+
+
+def test_health_texts_name_no_edited_subject():
+    """Held-out statements must be about subjects no edit rewrites: a statement about an edited
+    subject's relation loses probability by design, and its loss would count the edit as damage."""
+    def record(subject, neighbour):
+        return {"requested_rewrite": {"subject": subject, "target_true": {"str": " Paris"}},
+                "neighborhood_prompts": [neighbour]}
+
+    records = [record("Ada", "Bob lives in"), record("Bob", "Cy lives in"),
+               record("Cy", "Ada lives in"), record("Dee", "Eve lives in")]
+    texts, prompts = health_texts(records, records[:2])  # Ada and Bob are edited
+    assert prompts == ["Eve lives in", "Cy lives in"] and texts == ["Eve lives in Paris", "Cy lives in Paris"]
+    assert health_texts(records, records[:2], n=1)[1] == ["Eve lives in"]
+    with pytest.raises(ValueError, match="avoids every edited subject"):
+        health_texts([records[0], record("Bob", "Ada lives in")], records[:2])
