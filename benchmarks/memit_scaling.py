@@ -141,7 +141,7 @@ def plot(result: dict, path: Path) -> None:
         ax.set_xlabel("edits")
         ax.set_title(key)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=8)
-    model = "Toy model" if result["model"] == "toy" else result["model"]
+    model = {"toy": "Toy model", "smollm2": "SmolLM2-135M"}.get(result["model"], result["model"])
     fig.suptitle(f"{model}: many edits (MEMIT in one batch vs ROME and FT+L one after another)")
     fig.tight_layout(rect=(0, 0.14, 1, 1))
     fig.savefig(path, dpi=110)

@@ -219,8 +219,11 @@ class MEMITHyperParams(EditHyperParams):
 # clamp 1.5 (1-3) lowers NS. Edited one at a time the same facts score S 96.7 (30 records): the
 # batch costs the toy more than a large model (100 keys in 512 dimensions). SmolLM2's range ends at
 # ROME's layer 3 as GPT-2 XL's ends at its ROME layer 17, and its λ keeps GPT-J's λ per key
-# dimension (15,000 / 16,384 × SmolLM2's 1,536 ≈ 1,400); neither is measured (each layer's C from
-# the Wikipedia leads costs ~18 CPU-minutes).
+# dimension (15,000 / 16,384 × SmolLM2's 1,536 ≈ 1,400). λ measured on one batch of its 60 records
+# (benchmarks/memit_lambda.py, the same targets for every λ; S / ES / PS / NS): 500: 86.3 / 98.3 /
+# 96.7 / 70.2; 1,400: 86.9 / 96.7 / 95.0 / 73.3; 5,000: 84.7 / 86.7 / 84.2 / 83.4; 15,000: 62.6 /
+# 58.3 / 51.7 / 87.7; 50,000: 18.2 / 10 / 18.3 / 99.3 -- the preset has the best S of the five. The
+# range is not swept (each layer's C from the Wikipedia leads costs 8-11 CPU-minutes).
 # The toy's z steps (ours; 25 is GPT-J's official value): with 20 steps 2 of those 100 targets z end
 # below P(new) 0.5 (mean 0.93) and the batch scores S / ES / PS / NS 81.7 / 94 / 72 / 82.1; with 25
 # steps none (mean 0.96): 82.5 / 96 / 72.5 / 82.2 (30 steps: 82.7 / 96 / 73.5 / 81.6; 40 steps with
