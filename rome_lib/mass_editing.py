@@ -12,9 +12,9 @@ CounterFact scores of :mod:`rome_lib.evaluation` and a check that the model stil
 Gupta et al. 2024 ("Rebuilding ROME"), after which generation collapses into repetition: the mean
 token NLL of held-out texts (:func:`health_texts`: up to 16 true statements from the records'
 neighbourhood prompts that name no edited subject) and the generation entropy GE of text generated
-from their prompts. An edit
-*breaks* the model (ours) when the held-out NLL rises by more than ``break_nll`` (default 0.5
-nats per token): over the unedited model's for a batch, over the NLL just before it in a sequence.
+from their prompts. An edit *breaks* the model (ours) when the held-out NLL rises by more than
+``break_nll`` (default 0.5 nats per token): over the unedited model's for a batch, over the NLL just
+before it in a sequence.
 """
 
 from __future__ import annotations

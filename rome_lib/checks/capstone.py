@@ -99,7 +99,8 @@ def _step_mistake(n_steps: int, delta: int) -> tuple[dict, bool, bool, str]:
 # ----------------------------------------------------------------------------------------------
 # Reference edits (rome_lib's), cached per model, request and setting
 # ----------------------------------------------------------------------------------------------
-_WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {key: weight}; goes with it
+# model -> {key: weight}, held weakly: the entries go with the model.
+_WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @contextlib.contextmanager
