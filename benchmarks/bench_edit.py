@@ -21,7 +21,7 @@ import torch
 from rome_lib.bench import _timed_cpu
 from rome_lib.hparams import ROMEHyperParams
 from rome_lib.models import load_model
-from rome_lib.rome import apply_rome, context_templates, get_cov
+from rome_lib.rome import apply_rome, get_cov, templates_for
 
 RECORDS = Path(__file__).parent / "results" / "smollm2" / "records.json"
 
@@ -49,7 +49,7 @@ n_texts = args.mom2_n_samples or (300 if args.model == "smollm2" else None)
 if hparams.mom2_adjustment and n_texts:
     hparams = replace(hparams, mom2_n_samples=n_texts)
 get_cov(mt, hparams, progress=False)
-context_templates(mt, hparams.context_lengths, hparams.context_top_k, hparams.seed)
+templates_for(mt, hparams)
 weight = mt.model.get_submodule(mt.layout.mlp_out_at(hparams.layer)).weight
 before = weight.detach().float().clone()
 edit, wall, cpu = _timed_cpu(lambda: apply_rome(mt, request, hparams))

@@ -20,7 +20,7 @@ import torch
 from rome_lib.hparams import MEMITHyperParams
 from rome_lib.memit import apply_memit, compute_targets, keys_and_states
 from rome_lib.models import load_model
-from rome_lib.rome import context_templates, get_cov
+from rome_lib.rome import get_cov, templates_for
 
 
 class Stopwatch:
@@ -52,8 +52,7 @@ def main() -> None:
           f"{args.threads} thread(s):")
     load_before = os.getloadavg()
     watch = Stopwatch()
-    templates = watch("context templates", context_templates, mt, hp.context_lengths,
-                      hp.context_top_k, hp.seed, hp.context_starts)
+    templates = watch("context templates", templates_for, mt, hp)
     _, states = watch("keys and states (first)", keys_and_states, mt, requests, hp.layers[0],
                       hp.layers[-1], templates)
     z, _ = watch("targets z", compute_targets, mt, requests, hp, templates, states)

@@ -9,7 +9,7 @@ import torch
 
 from .hparams import ROMEHyperParams
 from .models import LoadedModel
-from .rome import apply_rome, context_templates, get_cov
+from .rome import apply_rome, get_cov, templates_for
 from .tracing import KINDS, default_noise, default_window, trace, trace_reference, window_layers
 
 
@@ -91,7 +91,7 @@ def bench_edit(mt: LoadedModel, request: dict) -> dict:
     """Seconds for one ROME edit with the key statistics C already computed (cached), then undone."""
     hparams = ROMEHyperParams.for_model(mt.name, mt.n_layer)
     get_cov(mt, hparams, progress=False)  # computed once, cached on disk: not part of the edit
-    context_templates(mt, hparams.context_lengths, hparams.context_top_k, hparams.seed)  # cached
+    templates_for(mt, hparams)  # sampled once, cached: not part of the edit
     edit, seconds = _timed(lambda: apply_rome(mt, request, hparams))
     edit.undo()
     return {"edit_s": round(seconds, 3), "layer": hparams.layer}

@@ -179,22 +179,24 @@ def _context_length(mt: LoadedModel) -> int:
 @torch.no_grad()
 def sample_corpus(mt: LoadedModel, n_texts: int, n_tokens: int = 128, *, top_k: int = 50,
                   seed: int = 0, generator: torch.Generator | None = None, batch_size: int = 64,
-                  progress: bool = True) -> list[str]:
-    """``n_texts`` texts of ``n_tokens`` tokens sampled from ``mt`` after its BOS (or EOS) token.
+                  progress: bool = True, start: str | None = None) -> list[str]:
+    """``n_texts`` texts of ``n_tokens`` tokens sampled from ``mt`` after its BOS (or EOS) token, or
+    after the text ``start`` (then each text begins with ``start``, followed by ``n_tokens`` more).
 
     Top-k sampling with a CPU generator (``generator``, else one seeded with ``seed``), so the
     texts are the same on any device up to floating-point ties; batched with a KV cache, so it
     costs about ``n_texts · n_tokens`` token steps.
     """
     tok = mt.tokenizer
-    start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    first = (tok(start)["input_ids"] if start is not None
+             else [tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id])
     generator = generator if generator is not None else torch.Generator().manual_seed(seed)
     texts: list[str] = []
     bar = tqdm(total=n_texts, desc="sampling a corpus", unit="text", disable=not progress)
-    for first in range(0, n_texts, batch_size):
-        rows = min(batch_size, n_texts - first)
-        x = torch.full((rows, 1), start, dtype=torch.long, device=mt.device)
-        past, new = None, []
+    for offset in range(0, n_texts, batch_size):
+        rows = min(batch_size, n_texts - offset)
+        x = torch.tensor([first] * rows, dtype=torch.long, device=mt.device)
+        past, new = None, [x.cpu()] if start is not None else []
         for _ in range(n_tokens):
             logits, past = forward_with_cache(mt.model, x, past)
             new.append(sample_top_k(logits[:, -1].float().cpu(), top_k, generator))

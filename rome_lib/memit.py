@@ -45,7 +45,7 @@ from .hooks import get_module, hook_modules
 from .hparams import MEMITHyperParams
 from .models import LoadedModel
 from .rome import (
-    Edit, context_templates, delta_problem, get_cov, normalize_request, padded, subject_rows,
+    Edit, delta_problem, get_cov, normalize_request, padded, subject_rows, templates_for,
 )
 
 
@@ -186,8 +186,7 @@ def apply_memit(
     layers, z_layer = hparams.layers, hparams.layers[-1]
     names = [mt.layout.mlp_out_at(layer) for layer in layers]  # IndexError for a bad layer
     if templates is None:
-        templates = context_templates(mt, hparams.context_lengths, hparams.context_top_k, hparams.seed,
-                                      hparams.context_starts)
+        templates = templates_for(mt, hparams)
     covs = dict(covs or {})
     for layer in layers:
         if layer not in covs:

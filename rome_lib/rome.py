@@ -50,9 +50,9 @@ from .edits import (  # noqa: F401  (re-exported: rome_lib.rome.Edit etc. keep w
     warn_if_already_predicted,
 )
 from .hooks import get_module, hook_modules
-from .hparams import ROMEHyperParams
-from .models import LoadedModel, forward_with_cache
-from .tokens import sample_top_k, token_span
+from .hparams import EditHyperParams, ROMEHyperParams
+from .models import LoadedModel
+from .tokens import token_span
 
 
 def _last_token_in(tokenizer, text: str, start: int, end: int) -> tuple[list[int], int]:
@@ -78,21 +78,15 @@ def fill(template: str, prompt: str, subject: str) -> tuple[str, int, int]:
 _TEMPLATE_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-@torch.no_grad()
 def sample_prefixes(mt: LoadedModel, n: int, length: int, top_k: int, generator: torch.Generator,
                     start: str | None = None) -> list[str]:
     """``n`` texts sampled from the model (top-k): ``length`` tokens after its BOS/EOS token, or,
     given ``start``, texts that begin with ``start`` and have ``length`` tokens counting its own
     (official MEMIT's ``generate_fast(..., ["The", ...], max_out_len=10)``)."""
-    if start is None:
-        return sample_corpus(mt, n, length, top_k=top_k, generator=generator, batch_size=n, progress=False)
-    ids = torch.tensor([mt.tokenizer(start)["input_ids"]] * n)
-    x, past, new = ids.to(mt.device), None, []
-    for _ in range(length - ids.shape[1]):
-        logits, past = forward_with_cache(mt.model, x, past)
-        new.append(sample_top_k(logits[:, -1].float().cpu(), top_k, generator))
-        x = new[-1].to(mt.device)
-    return mt.tokenizer.batch_decode(torch.cat([ids, *new], 1), skip_special_tokens=True)
+    if start is not None:
+        length = max(0, length - len(mt.tokenizer(start)["input_ids"]))
+    return sample_corpus(mt, n, length, top_k=top_k, generator=generator, batch_size=n, progress=False,
+                         start=start)
 
 
 def context_templates(
@@ -130,6 +124,13 @@ def context_templates(
                 templates.append(text.replace("{", " ").replace("}", " ") + ". {}")
         cache[key] = templates
     return list(cache[key])
+
+
+def templates_for(mt: LoadedModel, hparams: EditHyperParams) -> list[str]:
+    """:func:`context_templates` with the context settings of ``hparams`` (lengths, top-k, seed,
+    start words): the templates an edit with these hyper-parameters uses."""
+    return context_templates(mt, hparams.context_lengths, hparams.context_top_k, hparams.seed,
+                             hparams.context_starts)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -382,8 +383,7 @@ def apply_rome(
     tgt = target_ids(mt, request["target_new"]["str"])
     warn_if_already_predicted(mt, request, tgt)
     if templates is None:
-        templates = context_templates(mt, hparams.context_lengths, hparams.context_top_k, hparams.seed,
-                                      hparams.context_starts)
+        templates = templates_for(mt, hparams)
     if hparams.mom2_adjustment and cov is None:
         cov = get_cov(mt, hparams, progress)
     elif not hparams.mom2_adjustment:
@@ -404,7 +404,7 @@ def apply_rome(
 
 
 __all__ = [
-    "EditOrderError", "Edit", "normalize_request", "target_ids", "fill", "context_templates",
+    "EditOrderError", "Edit", "normalize_request", "target_ids", "fill", "context_templates", "templates_for",
     "VProblem", "VLoss", "v_problem", "v_loss", "kl_edit_orig", "subject_rows", "padded",
     "delta_problem", "keys_and_values", "compute_k", "compute_v", "weight_as_out_in", "project",
     "inverse_cov_times",

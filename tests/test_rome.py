@@ -308,12 +308,12 @@ def test_context_templates_have_the_official_lengths(tiny_gpt2, monkeypatch):
 def test_context_templates_can_start_from_words(tiny_gpt2, monkeypatch):
     """Official MEMIT: one prefix after each of "The", "Therefore", "Because", "I", "You", 10 tokens
     long *counting* the word's own (generate_fast's max_out_len 10)."""
-    from rome_lib import rome
+    from rome_lib import covariance, rome
 
     words = ("The", "Therefore", "Because", "I", "You")
     sampled = []
-    real = rome.sample_top_k
-    monkeypatch.setattr(rome, "sample_top_k", lambda logits, *a: sampled.append(len(logits)) or
+    real = covariance.sample_top_k
+    monkeypatch.setattr(covariance, "sample_top_k", lambda logits, *a: sampled.append(len(logits)) or
                         real(logits, *a))
     rome._TEMPLATE_CACHE.clear()
     t = context_templates(tiny_gpt2, ((10, 5),), 5, seed=0, starts=words)
